@@ -55,9 +55,11 @@ class ReachEnv(TabletopEnv):
     SUCCESS_DIST = 0.02
 
     def _place_objects(self, rng) -> None:
-        xy = rng.uniform(TABLE_XY_LOW, TABLE_XY_HIGH) if self.randomization.object_pose else np.zeros(2)
-        z = rng.uniform(0.04, 0.2) if self.randomization.object_pose else 0.1
-        self.goal = np.array([*xy, z])
+        self.goal = np.array([0.05, 0.1, 0.1])
+        while self.randomization.object_pose:
+            self.goal = np.array([*rng.uniform(TABLE_XY_LOW, TABLE_XY_HIGH), rng.uniform(0.04, 0.2)])
+            if np.linalg.norm(self.goal[:2] - [-0.12, 0.0]) > 0.2:  # away from the start pose
+                break
 
     def _on_reset(self) -> None:
         self._d0 = np.linalg.norm(self.tcp - self.goal)

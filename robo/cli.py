@@ -1,0 +1,98 @@
+"""The `robo` command line: one entry point, subcommands, typed configs (draccus).
+
+Every subcommand takes ``--config_path file.yaml`` plus dotted overrides
+(``--randomization.colors true``); ``robo <command> --help`` lists the fields.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: (module:ConfigClass, module:function)
+    "collect": ("robo.collect:CollectConfig", "robo.collect:collect"),
+    "preview": ("robo.preview:PreviewConfig", "robo.preview:preview"),
+    "data info": ("robo.datacmd:InfoConfig", "robo.datacmd:info"),
+    "data export": ("robo.datacmd:ExportConfig", "robo.datacmd:export"),
+    "data import": ("robo.datacmd:ImportConfig", "robo.datacmd:import_"),
+}
+HELP = {
+    "envs": "list the env ids",
+    "collect": "record demonstrations / rollouts into an episode store",
+    "preview": "write an MP4 of an episode, all views side by side",
+    "data info": "summarise an episode store",
+    "data export": "export a store as a LeRobotDataset v3 (lerobot extra)",
+    "data import": "import a LeRobotDataset v3 into a store (lerobot extra)",
+}
+
+
+def _load(ref: str) -> Callable | type:
+    import importlib
+
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _usage() -> str:
+    lines = ["usage: robo <command> [--config_path FILE.yaml] [--field value ...]", "", "commands:"]
+    lines += [f"  {name:<14} {text}" for name, text in HELP.items()]
+    return "\n".join(lines)
+
+
+def _split(argv: list[str]) -> tuple[str | None, list[str]]:
+    for n in (2, 1):
+        name = " ".join(argv[:n])
+        if name in COMMANDS or name in HELP:
+            return name, argv[n:]
+    return None, argv
+
+
+def _run(name: str, args: list[str]):
+    import draccus
+
+    if name == "envs":
+        import sim
+
+        print("\n".join(sim.list_envs()))
+        return None
+    config_cls, fn = (_load(ref) for ref in COMMANDS[name])
+    try:
+        cfg = draccus.parse(config_class=config_cls, args=args)
+    except (draccus.utils.ParsingError, draccus.utils.DecodingError) as e:
+        cause = e.__cause__ or e
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise SystemExit(f"robo {name}: {_first_line(cause)} (see `robo {name} --help`)") from None
+    return fn(cfg)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=os.environ.get("ROBO_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    name, rest = _split(argv)
+    if name is None:
+        print(_usage(), file=sys.stderr if argv else sys.stdout)
+        return 2 if argv and argv[0] not in ("-h", "--help") else 0
+    try:
+        _run(name, rest)
+    except ValueError as e:  # RoboError, SimError, StoreError and validation errors
+        if os.environ.get("ROBO_DEBUG"):
+            raise
+        print(f"robo {name}: error: {_first_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"robo {name}: interrupted; complete episodes are kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

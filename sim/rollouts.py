@@ -1,0 +1,294 @@
+"""Rollout policies (expert and non-expert) and a rollout runner for any task of :mod:`sim`.
+
+Reward models must be judged on what RL produces, not only on clean demos, so besides
+the expert there are policies that fail in realistic ways. Each is built on the task's
+scripted expert and the Gymnasium API only, so they work for the tabletop suite and
+Meta-World alike:
+
+==================  ==========================================================================
+``expert``          the scripted expert, ending a few steps after success
+``noisy:<sigma>``   the expert with Gaussian action noise of std ``sigma``
+``near-miss``       the expert until a critical moment late in the task (mid-transport),
+                    then the grasp slips / the tool is knocked aside, and the arm freezes
+``undo``            the expert until success, then its motion replayed in reverse
+                    (picking then carrying back, opening then closing)
+``half``            the expert until about half of the task is done, then frozen
+``random-freeze``   temporally smoothed random actions for a while, then frozen
+==================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sim.base import SimError
+
+POLICY_NAMES = ("expert", "noisy:<sigma>", "near-miss", "undo", "half", "random-freeze")
+
+
+def outcome_of(success: np.ndarray, progress: np.ndarray, partial_threshold: float = 0.3) -> str:
+    """Outcome per EVALUATION.md: success at any step, else partial if final progress >= 0.3."""
+    if bool(np.any(success)):
+        return "success"
+    return "partial" if float(progress[-1]) >= partial_threshold else "failure"
+
+
+class RolloutPolicy:
+    """Base class: ``reset`` per episode, ``act`` per step, ``done`` when it wants to stop."""
+
+    name = "policy"
+
+    def __init__(self, env, rng: np.random.Generator):
+        self.env = env
+        self.rng = rng
+        self.done = False
+        self._grip = -1.0
+        self._freeze_left = 0
+
+    def reset(self) -> None:
+        self.done = False
+        self._grip = -1.0
+
+    def act(self, obs, info: dict[str, Any]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _freeze(self) -> np.ndarray:
+        """Hold still (gripper as it was) and finish after the freeze budget."""
+        self._freeze_left -= 1
+        if self._freeze_left <= 0:
+            self.done = True
+        return np.array([0.0, 0.0, 0.0, self._grip], np.float32)
+
+    def _remember(self, action: np.ndarray) -> np.ndarray:
+        self._grip = float(action[3])
+        return np.asarray(action, np.float32)
+
+
+class ExpertRollout(RolloutPolicy):
+    """The scripted expert; stops ``linger`` steps after the first success."""
+
+    name = "expert"
+
+    def __init__(self, env, rng, linger: int = 3):
+        super().__init__(env, rng)
+        self.expert = env.unwrapped.expert()
+        self.linger = linger
+
+    def reset(self) -> None:
+        super().reset()
+        self.expert.reset()
+        self._since_success = -1
+
+    def act(self, obs, info):
+        if info.get("success") or self._since_success >= 0:
+            self._since_success += 1
+            if self._since_success >= self.linger:
+                self.done = True
+        return self._remember(self.expert.act(obs, info))
+
+    @property
+    def stage(self) -> int:
+        return int(self.expert.stage)
+
+
+class NoisyRollout(ExpertRollout):
+    """The expert with i.i.d. Gaussian action noise (gripper included)."""
+
+    def __init__(self, env, rng, sigma: float):
+        super().__init__(env, rng)
+        if not 0.0 <= sigma <= 2.0:
+            raise SimError(f"noise sigma {sigma} must lie in [0, 2]: use e.g. noisy:0.1")
+        self.sigma = sigma
+        self.name = f"noisy:{sigma:g}"
+
+    def act(self, obs, info):
+        a = super().act(obs, info)
+        return np.clip(a + self.rng.normal(0.0, self.sigma, a.shape), -1, 1).astype(np.float32)
+
+
+class NearMissRollout(ExpertRollout):
+    """The expert until a critical moment, then a slip: the gripper opens, the tool is knocked aside.
+
+    The moment is in the second-to-last stage (mid-transport for pick-and-place, mid-push,
+    mid-opening), at a random fraction of that stage's progress.
+    """
+
+    name = "near-miss"
+
+    def reset(self) -> None:
+        super().reset()
+        n = self.env.unwrapped.num_stages
+        self.trigger_stage = n - 2 if n >= 3 else n - 1
+        self.trigger_at = (self.trigger_stage + self.rng.uniform(0.3, 0.75)) / n
+        self.slip_left: int | None = None  # None until the slip starts
+        angle = self.rng.uniform(0, 2 * np.pi)
+        self.slip_dir = np.array([np.cos(angle), np.sin(angle), 0.3])
+        self._freeze_left = 12
+
+    def act(self, obs, info):
+        if self.slip_left is None:
+            late = info["stage"] >= self.trigger_stage and info["privileged_progress"] >= self.trigger_at
+            if not late:
+                return super().act(obs, info)
+            self.slip_left = 6
+        if self.slip_left > 0:
+            self.slip_left -= 1
+            return self._remember(np.append(0.8 * self.slip_dir, -1.0))
+        return self._freeze()
+
+
+class UndoRollout(ExpertRollout):
+    """The expert to success, then its own motion replayed backwards (progress undone)."""
+
+    name = "undo"
+
+    def reset(self) -> None:
+        super().reset()
+        self.history: list[np.ndarray] = []
+        self.replay: list[np.ndarray] | None = None
+
+    def act(self, obs, info):
+        if self.replay is None:
+            if info.get("success"):
+                # Reverse the motion; keep each step's own gripper command so a placed
+                # object is picked up again where it was released and carried back.
+                self.replay = [np.append(-a[:3], a[3]) for a in reversed(self.history)]
+            else:
+                a = self.expert.act(obs, info)
+                self.history.append(np.asarray(a, np.float32))
+                return self._remember(a)
+        if not self.replay:
+            self.done = True
+            return np.array([0, 0, 0, self._grip], np.float32)
+        return self._remember(self.replay.pop(0))
+
+
+class HalfRollout(ExpertRollout):
+    """The expert until about half the task is done, then frozen."""
+
+    name = "half"
+
+    def reset(self) -> None:
+        super().reset()
+        self.stop_at = self.rng.uniform(0.4, 0.6)
+        self.stopped = False
+        self._freeze_left = 20
+
+    def act(self, obs, info):
+        if self.stopped or info["privileged_progress"] >= self.stop_at:
+            self.stopped = True
+            return self._freeze()
+        return super().act(obs, info)
+
+
+class RandomFreezeRollout(RolloutPolicy):
+    """Temporally smoothed random actions for 10-40 steps, then frozen for 20."""
+
+    name = "random-freeze"
+
+    def reset(self) -> None:
+        super().reset()
+        self.random_left = int(self.rng.integers(10, 41))
+        self._freeze_left = 20
+        self._a = np.zeros(4)
+
+    def act(self, obs, info):
+        if self.random_left <= 0:
+            return self._freeze()
+        self.random_left -= 1
+        self._a = 0.8 * self._a + 0.2 * self.rng.normal(0, 1.5, 4)
+        return self._remember(np.clip(self._a, -1, 1))
+
+
+def make_policy(spec: str, env, rng: np.random.Generator) -> RolloutPolicy:
+    """Build a rollout policy from its spec (see module docstring)."""
+    spec = spec.strip()
+    if spec.startswith("noisy"):
+        _, _, sigma = spec.partition(":")
+        try:
+            return NoisyRollout(env, rng, float(sigma or 0.1))
+        except ValueError as e:
+            if isinstance(e, SimError):
+                raise
+            raise SimError(f"bad noise level in policy {spec!r}: use noisy:<sigma>, e.g. noisy:0.2") from None
+    table = {
+        "expert": ExpertRollout,
+        "near-miss": NearMissRollout,
+        "undo": UndoRollout,
+        "half": HalfRollout,
+        "random-freeze": RandomFreezeRollout,
+    }
+    if spec not in table:
+        raise SimError(f"unknown policy {spec!r}: choose from {', '.join(POLICY_NAMES)}")
+    return table[spec](env, rng)
+
+
+@dataclass
+class Rollout:
+    """One recorded episode. Row t: observation o_t, its info, the action taken at o_t
+    (zeros on the last row) and the reward received on arriving at o_t (0 on row 0)."""
+
+    frames: np.ndarray | None
+    states: np.ndarray
+    obs: np.ndarray
+    actions: np.ndarray
+    env_reward: np.ndarray
+    success: np.ndarray
+    stage: np.ndarray
+    privileged_progress: np.ndarray
+    seed: int
+    policy: str
+    outcome: str
+    task: str
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.success)
+
+
+def run_rollout(env, policy: RolloutPolicy, seed: int, render: bool = True, max_steps: int = 1000) -> Rollout:
+    """Run one episode of ``policy`` in ``env`` (a ``gym.make``'d task) from ``seed``."""
+    u = env.unwrapped
+    obs, info = env.reset(seed=seed)
+    policy.reset()
+    rows: dict[str, list] = {k: [] for k in ("frames", "states", "obs", "actions", "rew", "succ", "stage", "prog")}
+
+    def record(o, r, inf):
+        if render:
+            rows["frames"].append(u.render_views())
+        rows["states"].append(u.flat_state())
+        rows["obs"].append(np.asarray(o, np.float32))
+        rows["rew"].append(r)
+        rows["succ"].append(bool(inf["success"]))
+        rows["stage"].append(int(inf["stage"]))
+        rows["prog"].append(float(inf["privileged_progress"]))
+
+    record(obs, 0.0, info)
+    for _ in range(max_steps):
+        action = np.asarray(policy.act(obs, info), np.float32)
+        if policy.done:
+            break
+        rows["actions"].append(action)
+        obs, reward, terminated, truncated, info = env.step(action)
+        record(obs, float(reward), info)
+        if terminated or truncated:
+            break
+    rows["actions"].append(np.zeros(env.action_space.shape, np.float32))
+    success, progress = np.array(rows["succ"]), np.array(rows["prog"], np.float32)
+    return Rollout(
+        frames=np.stack(rows["frames"]) if render else None,
+        states=np.stack(rows["states"]),
+        obs=np.stack(rows["obs"]),
+        actions=np.stack(rows["actions"]),
+        env_reward=np.array(rows["rew"], np.float32),
+        success=success,
+        stage=np.array(rows["stage"], np.int16),
+        privileged_progress=progress,
+        seed=int(seed),
+        policy=policy.name,
+        outcome=outcome_of(success, progress),
+        task=u.task_text,
+    )
