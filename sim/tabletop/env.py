@@ -25,6 +25,7 @@ DOWN = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])
 WORKSPACE_LOW = np.array([-0.3, -0.35, 0.005])
 WORKSPACE_HIGH = np.array([0.25, 0.35, 0.35])
 OBS_DIM = 24
+OBS_BOUND = 10.0  # positions in metres, velocities in m/s: far inside this
 
 
 class CartesianController:
@@ -117,7 +118,7 @@ class TabletopEnv(gym.Env):
         self._ids()
         self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.dt))}
         self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float64)
+        self.observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND, (OBS_DIM,), np.float64)
         self.num_stages = len(self.STAGE_NAMES)
         self.stage_names = self.STAGE_NAMES
         self.task_text = self.TASK_TEXT

@@ -1,0 +1,72 @@
+"""Non-expert rollout policies: outcomes, privileged progress, determinism."""
+
+import numpy as np
+import pytest
+
+import sim
+from sim.base import SimError
+from sim.rollouts import make_policy, outcome_of, run_rollout
+
+
+def rollout(env_id, spec, seed=0, render=False):
+    env = sim.make(env_id, terminate_on_success=False, image_size=24)
+    return run_rollout(env, make_policy(spec, env, np.random.default_rng(seed)), seed, render=render)
+
+
+def test_outcome_definition():
+    assert outcome_of(np.array([0, 1, 0], bool), np.array([0.1, 1.0, 0.2])) == "success"
+    assert outcome_of(np.zeros(3, bool), np.array([0.1, 0.5, 0.3])) == "partial"
+    assert outcome_of(np.zeros(3, bool), np.array([0.1, 0.5, 0.29])) == "failure"
+
+
+def test_rollout_row_convention():
+    r = rollout("tabletop/pick-place-v0", "expert", render=True)
+    T = len(r)
+    assert r.frames.shape == (T, 3, 24, 24, 3)
+    assert r.actions.shape == (T, 4) and np.all(r.actions[-1] == 0)
+    assert r.env_reward[0] == 0 and r.outcome == "success"
+    assert r.success[-1] and r.privileged_progress[-1] == 1.0
+
+
+def test_undo_reverses_progress():
+    r = rollout("tabletop/pick-place-v0", "undo", seed=2)
+    p = r.privileged_progress
+    peak = int(np.argmax(p))
+    assert p[peak] == 1.0
+    assert p[-1] < 0.5, "undo should bring progress back down"
+    assert np.any(np.diff(p[peak:]) < -0.05)
+
+
+@pytest.mark.parametrize("env_id", ["tabletop/pick-place-v0", "tabletop/stack-v0"])
+def test_non_expert_outcomes(env_id):
+    outs = {spec: [rollout(env_id, spec, s).outcome for s in range(4)] for spec in ("half", "near-miss", "random-freeze")}
+    assert all(o == "partial" for o in outs["half"])
+    assert all(o == "failure" for o in outs["random-freeze"])
+    assert sum(o != "success" for o in outs["near-miss"]) >= 3
+
+
+def test_half_freezes_mid_task():
+    r = rollout("tabletop/push-v0", "half", seed=1)
+    p = r.privileged_progress
+    assert 0.3 <= p[-1] <= 0.75
+    assert np.allclose(r.actions[-10:-1, :3], 0)
+
+
+def test_noisy_rollout_differs_from_expert_and_is_seeded():
+    a = rollout("tabletop/push-v0", "noisy:0.3", seed=4)
+    b = rollout("tabletop/push-v0", "noisy:0.3", seed=4)
+    e = rollout("tabletop/push-v0", "expert", seed=4)
+    np.testing.assert_array_equal(a.actions, b.actions)
+    n = min(len(a), len(e)) - 1
+    assert not np.allclose(a.actions[:n], e.actions[:n])
+
+
+def test_bad_policy_specs():
+    env = sim.make("tabletop/push-v0")
+    rng = np.random.default_rng(0)
+    with pytest.raises(SimError, match="unknown policy"):
+        make_policy("expertt", env, rng)
+    with pytest.raises(SimError, match="noisy"):
+        make_policy("noisy:abc", env, rng)
+    with pytest.raises(SimError, match="sigma"):
+        make_policy("noisy:-1", env, rng)

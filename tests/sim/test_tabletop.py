@@ -1,0 +1,151 @@
+"""The own tabletop suite: API, determinism, experts, privileged progress, bad input."""
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import sim
+from sim.base import ExpertPolicy, ManipulationEnv, SimError
+
+TASKS = [f"tabletop/{n}-v0" for n in sim.TABLETOP_TASKS]
+MULTI_STAGE = ["tabletop/push-v0", "tabletop/pick-place-v0", "tabletop/stack-v0"]
+
+
+def run_expert(env, seed, max_steps=300):
+    u = env.unwrapped
+    obs, info = env.reset(seed=seed)
+    expert = u.expert()
+    expert.reset()
+    infos = [info]
+    for _ in range(max_steps):
+        obs, _, term, trunc, info = env.step(expert.act(obs, info))
+        infos.append(info)
+        if term or trunc:
+            break
+    return infos
+
+
+@pytest.mark.parametrize("env_id", TASKS)
+def test_env_checker_and_contract(env_id):
+    env = sim.make(env_id, image_size=32)
+    u = env.unwrapped
+    check_env(u, skip_render_check=True)
+    assert isinstance(u, ManipulationEnv)
+    assert isinstance(u.expert(), ExpertPolicy)
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    assert {"success", "stage", "privileged_progress"} <= set(info)
+    frames = u.render_views()
+    assert frames.shape == (3, 32, 32, 3) and frames.dtype == np.uint8
+    assert frames.std() > 5  # not a blank image
+    assert u.num_stages == len(u.stage_names) >= 1 and u.task_text
+    env.close()
+
+
+def test_render_modes_and_views():
+    env = sim.make("tabletop/pick-place-v0", views=("front", "wrist", "top"), image_size=(24, 40), render_mode="rgb_array")
+    env.reset(seed=0)
+    assert env.render().shape == (24, 120, 3)
+    assert env.unwrapped.render_views().shape == (3, 24, 40, 3)
+    env.close()
+
+
+def test_multi_stage_tasks_exist():
+    stages = [sim.make(e).unwrapped.num_stages for e in MULTI_STAGE]
+    assert sum(s >= 2 for s in stages) >= 2
+
+
+@pytest.mark.parametrize("env_id", TASKS)
+def test_seeded_determinism(env_id):
+    a, b = sim.make(env_id, image_size=24), sim.make(env_id, image_size=24)
+    ia, ib = run_expert(a, seed=7, max_steps=25), run_expert(b, seed=7, max_steps=25)
+    assert len(ia) == len(ib)
+    np.testing.assert_array_equal(a.unwrapped.render_views(), b.unwrapped.render_views())
+    np.testing.assert_allclose([i["privileged_progress"] for i in ia], [i["privileged_progress"] for i in ib])
+    oa, _ = a.reset(seed=1)
+    ob, _ = a.reset(seed=2)
+    assert not np.allclose(oa, ob), "different seeds should place objects differently"
+
+
+@pytest.mark.parametrize("env_id", TASKS)
+def test_expert_succeeds_on_10_seeds(env_id):
+    env = sim.make(env_id)
+    wins = sum(run_expert(env, seed)[-1]["success"] for seed in range(10))
+    assert wins >= 10 * 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env_id", TASKS)
+def test_expert_succeeds_on_100_seeds(env_id):
+    env = sim.make(env_id)
+    wins = sum(run_expert(env, seed)[-1]["success"] for seed in range(100))
+    assert wins >= 95
+
+
+@pytest.mark.parametrize("env_id", MULTI_STAGE)
+def test_privileged_progress_rises_along_expert_demo(env_id):
+    from scipy.stats import spearmanr
+
+    infos = run_expert(sim.make(env_id), seed=3)
+    p = np.array([i["privileged_progress"] for i in infos])
+    stages = np.array([i["stage"] for i in infos])
+    assert p[0] < 0.1 and p[-1] == 1.0
+    assert spearmanr(p, np.arange(len(p))).statistic > 0.95
+    assert set(range(sim.make(env_id).unwrapped.num_stages)) <= set(stages.tolist())
+    assert np.all(np.diff(stages) >= -1)  # stages advance in order
+
+
+def test_expert_reports_stage_boundaries():
+    env = sim.make("tabletop/pick-place-v0")
+    u = env.unwrapped
+    obs, info = env.reset(seed=5)
+    expert = u.expert()
+    expert.reset()
+    reported, true = [], []
+    for _ in range(200):
+        obs, _, term, _, info = env.step(expert.act(obs, info))
+        reported.append(expert.stage)
+        true.append(info["stage"])
+        if term:
+            break
+    assert sorted(set(reported)) == [0, 1, 2, 3]
+    assert np.mean(np.array(reported) == np.array(true)) > 0.7
+
+
+def test_randomization_of_colors_and_lighting():
+    from sim.base import Randomization
+
+    env = sim.make("tabletop/stack-v0", image_size=32, randomization=Randomization(colors=True, lighting=True))
+    env.reset(seed=0)
+    f0 = env.unwrapped.render_views().astype(int)
+    env.reset(seed=1)
+    f1 = env.unwrapped.render_views().astype(int)
+    plain = sim.make("tabletop/stack-v0", image_size=32)
+    plain.reset(seed=0)
+    assert np.abs(f0 - plain.unwrapped.render_views().astype(int)).mean() > 2
+    assert np.abs(f0 - f1).mean() > 2
+
+
+def test_bad_input_errors():
+    with pytest.raises(SimError, match="unknown env id"):
+        sim.make("tabletop/pick-plac-v0")
+    with pytest.raises(SimError, match="unknown camera 'eye'"):
+        sim.make("tabletop/push-v0", views=("front", "eye"))
+    for size in (0, 100000, -3):
+        with pytest.raises(SimError, match="image size"):
+            sim.make("tabletop/push-v0", image_size=size)
+    env = sim.make("tabletop/push-v0")
+    env.reset(seed=0)
+    with pytest.raises(SimError, match="NaN"):
+        env.unwrapped.step(np.array([np.nan, 0, 0, 0]))
+    with pytest.raises(SimError, match="shape"):
+        env.unwrapped.step(np.zeros(3))
+
+
+def test_action_limits_are_clamped():
+    env = sim.make("tabletop/reach-v0")
+    env.reset(seed=0)
+    u = env.unwrapped
+    before = u.tcp
+    env.step(np.array([50.0, 0, 0, 0]))
+    assert np.linalg.norm(u.tcp - before) < 2 * u.max_displacement + 1e-3
