@@ -62,11 +62,27 @@ def _run(name: str, args: list[str]):
     try:
         cfg = draccus.parse(config_class=config_cls, args=args)
     except (draccus.utils.ParsingError, draccus.utils.DecodingError) as e:
-        cause = e.__cause__ or e
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        raise SystemExit(f"robo {name}: {_first_line(cause)} (see `robo {name} --help`)") from None
+        raise _parse_error(name, e) from None
     return fn(cfg)
+
+
+def _parse_error(name: str, e: Exception) -> ValueError:
+    """One-line error from draccus' chained exceptions: our validation message, or the bad field."""
+    import re
+
+    from robo.errors import RoboError
+
+    chain = [e]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    root = chain[-1]
+    if isinstance(root, ValueError) and type(root).__module__.split(".")[0] in ("robo", "sim", "models"):
+        return RoboError(_first_line(root))  # our own validation message
+    for err in chain:
+        m = re.match(r"`([\w.]+)`: (.*)", _first_line(err))
+        if m:
+            return RoboError(f"--{m[1]}: {m[2]} (see `robo {name} --help`)")
+    return RoboError(f"{_first_line(root)} (see `robo {name} --help`)")
 
 
 def _first_line(e: BaseException) -> str:
