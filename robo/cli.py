@@ -16,6 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("robo.collect:CollectConfig", "robo.collect:collect"),
     "preview": ("robo.preview:PreviewConfig", "robo.preview:preview"),
     "data info": ("robo.datacmd:InfoConfig", "robo.datacmd:info"),
+    "reward train": ("robo.reward.train:TrainConfig", "robo.reward.train:train"),
+    "reward adapt": ("robo.reward.adapt:AdaptConfig", "robo.reward.adapt:adapt"),
+    "reward eval": ("robo.reward.evalcmd:EvalConfig", "robo.reward.evalcmd:run_eval"),
     "data export": ("robo.datacmd:ExportConfig", "robo.datacmd:export"),
     "data import": ("robo.datacmd:ImportConfig", "robo.datacmd:import_"),
 }
@@ -24,6 +27,9 @@ HELP = {
     "collect": "record demonstrations / rollouts into an episode store",
     "preview": "write an MP4 of an episode, all views side by side",
     "data info": "summarise an episode store",
+    "reward train": "train a General Reward Model on episode stores",
+    "reward adapt": "adapt a GRM to a new task from one demonstration",
+    "reward eval": "evaluate a reward source on held-out episodes (VOC, MAE, outcomes, EPIC...)",
     "data export": "export a store as a LeRobotDataset v3 (lerobot extra)",
     "data import": "import a LeRobotDataset v3 into a store (lerobot extra)",
 }
@@ -59,6 +65,7 @@ def _run(name: str, args: list[str]):
         print("\n".join(sim.list_envs()))
         return None
     config_cls, fn = (_load(ref) for ref in COMMANDS[name])
+    args = ["--config_path" if a == "--config" else a for a in args]  # --config is an alias
     try:
         cfg = draccus.parse(config_class=config_cls, args=args)
     except (draccus.utils.ParsingError, draccus.utils.DecodingError) as e:

@@ -479,9 +479,14 @@ class EpisodeStore:
         Returns:
             ``(episode_idx, step_idx, frames)``: int64 ``(n,)`` episode indices, int64
             ``(n,)`` step indices within those episodes, uint8 ``(n, V, H, W, 3)``.
+
+        Raises:
+            StoreError: the store has no episodes, or ``n < 1``.
         """
         if self._num_steps == 0:
             raise StoreError(f"cannot sample frames from {self._location}: it has no episodes yet")
+        if int(n) < 1:
+            raise StoreError(f"sample_frames needs n >= 1, got {n}")
         generator = np.random.default_rng(rng)
         flat = generator.integers(0, self._num_steps, size=int(n))
         starts = self._load_table()["start"]

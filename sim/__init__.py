@@ -27,12 +27,8 @@ TABLETOP_MAX_STEPS = {"reach": 80, "push": 150, "pick-place": 160, "stack": 160}
 
 
 def _metaworld_names() -> list[str]:
-    try:
-        from sim.metaworld_env import METAWORLD_TASKS
-    except ModuleNotFoundError as e:  # TODO(lead): remove once the adapter lands
-        if e.name != "sim.metaworld_env":
-            raise
-        return []
+    from sim.metaworld_env import METAWORLD_TASKS
+
     return list(METAWORLD_TASKS)
 
 

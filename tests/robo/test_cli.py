@@ -8,9 +8,25 @@ from robo.store import EpisodeStore
 
 def test_collect_append_preview_info(tmp_path, capsys):
     out = str(tmp_path / "pp")
-    args = ["collect", "--env", "tabletop/pick-place-v0", "--episodes", "2", "--size", "32", "--out", out]
+    args = [
+        "collect",
+        "--env",
+        "tabletop/pick-place-v0",
+        "--episodes",
+        "2",
+        "--size",
+        "32",
+        "--out",
+        out,
+    ]
     assert main(args) == 0
-    assert main(args[:-2] + ["--out", out, "--policy", "half", "--seed", "50", "--views", "front,side,wrist"]) == 0
+    assert (
+        main(
+            args[:-2]
+            + ["--out", out, "--policy", "half", "--seed", "50", "--views", "front,side,wrist"]
+        )
+        == 0
+    )
     store = EpisodeStore.open(out)
     assert len(store) == 4 and store.views == ("front", "side", "wrist")
     assert [store.episode_meta(i).policy for i in range(4)] == ["expert", "expert", "half", "half"]
@@ -32,7 +48,9 @@ def test_collect_append_preview_info(tmp_path, capsys):
 def test_config_file_and_dotted_overrides(tmp_path):
     cfg = tmp_path / "c.yaml"
     out = tmp_path / "st"
-    cfg.write_text(f"env: tabletop/stack-v0\nepisodes: 1\nsize: 24\nout: {out}\nrandomization:\n  colors: true\n")
+    cfg.write_text(
+        f"env: tabletop/stack-v0\nepisodes: 1\nsize: 24\nout: {out}\nrandomization:\n  colors: true\n"
+    )
     assert main(["collect", "--config_path", str(cfg), "--randomization.lighting", "true"]) == 0
     assert EpisodeStore.open(str(out)).image_size == (24, 24)
 
@@ -61,8 +79,38 @@ def test_bad_input_is_one_line(args, message, capsys, tmp_path):
 
 def test_collect_refuses_mismatching_store(tmp_path, capsys):
     out = str(tmp_path / "pp")
-    assert main(["collect", "--env", "tabletop/reach-v0", "--episodes", "1", "--size", "24", "--out", out]) == 0
-    assert main(["collect", "--env", "tabletop/push-v0", "--episodes", "1", "--size", "24", "--out", out]) == 2
+    assert (
+        main(
+            [
+                "collect",
+                "--env",
+                "tabletop/reach-v0",
+                "--episodes",
+                "1",
+                "--size",
+                "24",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "collect",
+                "--env",
+                "tabletop/push-v0",
+                "--episodes",
+                "1",
+                "--size",
+                "24",
+                "--out",
+                out,
+            ]
+        )
+        == 2
+    )
     assert "holds tabletop/reach-v0" in capsys.readouterr().err
     assert len(EpisodeStore.open(out)) == 1
 

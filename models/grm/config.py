@@ -1,0 +1,101 @@
+"""Configuration of the General Reward Model (stored as ``config.json`` beside the weights)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+
+
+class EncoderKind(str, Enum):
+    """Per-view image encoder."""
+
+    cnn = "cnn"  # small CNN trained from scratch (default)
+    timm = "timm"  # any timm backbone, weights from a local file
+    open_clip = "open_clip"  # an open_clip visual tower, weights from a local file
+
+
+class Perspective(str, Enum):
+    """Inference perspectives fused into the progress estimate."""
+
+    incremental = "incremental"  # chain hops from the previous step
+    forward = "forward"  # hop from the reference start frame
+    backward = "backward"  # hop from the reference goal frame
+
+
+ALL_PERSPECTIVES = ("incremental", "forward", "backward")
+
+
+@dataclass
+class GRMConfig:
+    """Architecture and inference settings of a GRM.
+
+    Attributes:
+        views: camera names, in order.
+        image_size: ``(H, W)`` of every view.
+        encoder: per-view encoder kind.
+        encoder_name: timm / open_clip model name when ``encoder`` is not ``cnn``.
+        encoder_weights: local weights file of that backbone (never downloaded).
+        channels: CNN widths.
+        encoder_resolution: side length each view is resized to before the CNN.
+        d_model: token width of the fusion transformer.
+        layers: transformer layers.
+        heads: attention heads.
+        num_bins: discrete hop bins over [-1, 1] (odd, so 0 is a bin centre).
+        text_buckets: hashed word buckets of the task-text embedding (0: no text token).
+        view_dropout: training probability of masking each view of a frame set.
+        context_dropout: training probability of masking the start or goal context.
+        perspectives: which perspectives inference fuses.
+        fusion_alpha: alpha of the consistency weight ``w = exp(-alpha * delta**2)``.
+        success_delta: success when progress >= 1 - delta.
+        num_stages: stage count of the task family (for stage read-outs), informational.
+    """
+
+    views: tuple[str, ...] = ("front", "side", "wrist")
+    image_size: tuple[int, int] = (96, 96)
+    encoder: EncoderKind = EncoderKind.cnn
+    encoder_name: str = ""
+    encoder_weights: str = ""
+    channels: tuple[int, ...] = (32, 64, 64)
+    encoder_resolution: int = 48
+    d_model: int = 128
+    layers: int = 2
+    heads: int = 4
+    num_bins: int = 41
+    text_buckets: int = 512
+    view_dropout: float = 0.15
+    context_dropout: float = 0.2
+    perspectives: tuple[str, ...] = ALL_PERSPECTIVES
+    fusion_alpha: float = 2.0
+    success_delta: float = 0.05
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.views = tuple(self.views)
+        self.image_size = tuple(int(v) for v in self.image_size)
+        self.channels = tuple(int(c) for c in self.channels)
+        self.perspectives = tuple(str(getattr(p, "value", p)) for p in self.perspectives)
+        self.encoder = EncoderKind(self.encoder)
+        if not self.views:
+            raise ValueError("GRMConfig.views is empty: name the camera views the model sees")
+        if self.num_bins < 3 or self.num_bins % 2 == 0:
+            raise ValueError(f"GRMConfig.num_bins={self.num_bins} must be odd and >= 3")
+        if self.d_model % self.heads:
+            raise ValueError(f"GRMConfig.d_model={self.d_model} must be divisible by heads={self.heads}")
+        unknown = set(self.perspectives) - set(ALL_PERSPECTIVES)
+        if unknown or not self.perspectives:
+            raise ValueError(f"GRMConfig.perspectives {self.perspectives}: choose from {ALL_PERSPECTIVES}")
+        for name in ("view_dropout", "context_dropout", "success_delta"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"GRMConfig.{name}={getattr(self, name)} must lie in [0, 1)")
+        if self.encoder is not EncoderKind.cnn and not self.encoder_name:
+            raise ValueError(f"GRMConfig.encoder={self.encoder.value} needs encoder_name (a model name)")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["encoder"] = self.encoder.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GRMConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)

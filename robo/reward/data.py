@@ -1,0 +1,266 @@
+"""Training pairs for the GRM, streamed from episode stores.
+
+Labels come only from what an annotator or operator provides: the per-frame stage
+annotation of expert demonstrations (step-wise progress, :mod:`models.grm.labels`) and
+the outcome of other rollouts. Privileged progress is never read here.
+
+Memory stays bounded whatever the dataset size: the sampler keeps a small cache of
+episodes per task and swaps one for a random other every few batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from models.grm.labels import hop, stepwise_progress
+from models.grm.model import resize
+from robo.errors import RoboError
+from robo.store import EpisodeStore
+
+log = logging.getLogger(__name__)
+ROLES = ("start", "goal", "before", "after")
+
+
+@dataclass
+class _Demo:
+    frames: np.ndarray  # (T, V, H, W, 3)
+    phi: np.ndarray  # (T,) step-wise progress labels
+    task: str
+
+
+@dataclass
+class _Task:
+    """One task (one store): its demos, its outcome-labelled rollouts, a small cache of each."""
+
+    store: EpisodeStore
+    url: str
+    demo_ids: list[int]
+    rollout_ids: list[int]
+    num_stages: int
+    demos: dict[int, _Demo] = field(default_factory=dict)
+    rollouts: dict[int, tuple[np.ndarray, bool, str]] = field(default_factory=dict)
+
+
+@dataclass
+class SamplerConfig:
+    """How pairs are drawn.
+
+    Attributes:
+        cache_episodes: episodes per task kept in memory.
+        refresh_every: batches between swapping one cached episode per task.
+        pairs_per_group: pairs drawn from one demo with one reference context (they share frames).
+        p_anchor_start / p_anchor_goal / p_zero: shares of forward-anchored, backward-anchored
+            and zero-hop pairs; the rest are pairs within a demo, in both directions.
+        p_swap_context: probability that the reference start/goal come from another demo.
+        p_outcome: share of groups that are an outcome-labelled rollout's final frame.
+        max_shift: random image shift (pixels, at the encoder's resolution) of the augmentation.
+        train_fraction: fraction of each store's episodes used for training (the rest held out).
+    """
+
+    cache_episodes: int = 24
+    refresh_every: int = 4
+    pairs_per_group: int = 4
+    p_anchor_start: float = 0.2
+    p_anchor_goal: float = 0.2
+    p_zero: float = 0.1
+    p_swap_context: float = 0.5
+    p_outcome: float = 0.15
+    max_shift: int = 2
+    train_fraction: float = 1.0
+
+
+def demo_progress(store: EpisodeStore, index: int, num_stages: int) -> np.ndarray:
+    """Step-wise progress labels of demo ``index`` from its stage annotation."""
+    ep = store.episode(index)
+    return stepwise_progress(ep.stage, num_stages, ep.success)
+
+
+class PairSampler:
+    """Draws batches of (context, BEFORE, AFTER) hop pairs from one or more stores.
+
+    Args:
+        urls: episode stores, one per task. Expert episodes (policy ``expert``) are
+            demonstrations; others are outcome-labelled rollouts.
+        views: camera views the model sees (each store must have them).
+        cfg: sampling settings.
+        seed: RNG seed (offset per DDP rank by the caller).
+    """
+
+    def __init__(self, urls: list[str], views: tuple[str, ...], cfg: SamplerConfig | None = None, seed: int = 0,
+                 episode_filter=None, resolution: int | None = None):
+        self.cfg = cfg or SamplerConfig()
+        self.resolution = resolution  # cache frames pre-resized to the encoder's input side
+        self.rng = np.random.default_rng(seed)
+        self.views = tuple(views)
+        self.tasks = [self._open(url, episode_filter) for url in urls]
+        self.hist = np.ones(10)  # running histogram of hop values, for balancing
+        self._batches = 0
+
+    # ------------------------------------------------------------------ set-up
+    def _open(self, url: str, episode_filter) -> _Task:
+        store = EpisodeStore.open(url)
+        missing = [v for v in self.views if v not in store.views]
+        if missing:
+            raise RoboError(f"{url} has no views {missing} (it has {', '.join(store.views)}): record them or change the model's views")
+        metas = [store.episode_meta(i) for i in range(len(store))]
+        if episode_filter is not None:
+            metas = [m for m in metas if episode_filter(url, m)]
+        demos = [m.index for m in metas if m.policy == "expert" and m.outcome == "success"]
+        rollouts = [m.index for m in metas if m.policy != "expert"]
+        if not demos:
+            raise RoboError(f"{url} has no successful expert demonstrations to train on")
+        stages = max(int(store.episode(i).stage.max()) for i in demos[:5]) + 1
+        self._view_idx = {url: [store.views.index(v) for v in self.views]}
+        return _Task(store, url, demos, rollouts, stages)
+
+    def describe(self) -> list[dict]:
+        """What the sampler trains on: per task, the store, env id and episode indices."""
+        return [{"data": t.url, "env_id": t.store.env_id, "num_stages": t.num_stages,
+                 "demos": t.demo_ids, "outcome_rollouts": t.rollout_ids} for t in self.tasks]
+
+    # ------------------------------------------------------------------ caches
+    def _demo(self, task: _Task, index: int) -> _Demo:
+        if index not in task.demos:
+            if len(task.demos) >= self.cfg.cache_episodes:
+                task.demos.pop(next(iter(task.demos)))
+            ep = task.store.episode(index)
+            vidx = [task.store.views.index(v) for v in self.views]
+            phi = stepwise_progress(ep.stage, task.num_stages, ep.success)
+            task.demos[index] = _Demo(self._resize(ep.frames[:, vidx]), phi, ep.task)
+        return task.demos[index]
+
+    def _rollout_end(self, task: _Task, index: int):
+        if index not in task.rollouts:
+            if len(task.rollouts) >= self.cfg.cache_episodes:
+                task.rollouts.pop(next(iter(task.rollouts)))
+            ep = task.store.episode(index)
+            vidx = [task.store.views.index(v) for v in self.views]
+            task.rollouts[index] = (self._resize(ep.frames[-1:, vidx])[0], ep.outcome == "success", ep.task)
+        return task.rollouts[index]
+
+    def _resize(self, frames: np.ndarray) -> np.ndarray:
+        """``(T, V, H, W, 3)`` uint8 resized as the model's encoder would (a no-op there after)."""
+        if self.resolution is None or frames.shape[2] == self.resolution:
+            return np.ascontiguousarray(frames)
+        t, v, h, w, _ = frames.shape
+        x = torch.from_numpy(frames).reshape(t * v, h, w, 3).permute(0, 3, 1, 2).float()
+        x = resize(x, self.resolution).round().clamp(0, 255).to(torch.uint8)
+        return x.permute(0, 2, 3, 1).reshape(t, v, self.resolution, self.resolution, 3).contiguous().numpy()
+
+    def _pick_demo(self, task: _Task) -> tuple[int, _Demo]:
+        # Mostly draw from the cache; sometimes load a new episode (bounded cache).
+        cached = list(task.demos)
+        if cached and (len(cached) >= min(self.cfg.cache_episodes, len(task.demo_ids)) and self.rng.random() > 0.05):
+            i = cached[self.rng.integers(len(cached))]
+        else:
+            i = int(self.rng.choice(task.demo_ids))
+        return i, self._demo(task, i)
+
+    # ------------------------------------------------------------------ sampling
+    def _pair(self, phi: np.ndarray) -> tuple[int, int]:
+        """Indices (i, j) within one demo, balanced over hop values and temporal gaps."""
+        T = len(phi)
+        best, best_count = (0, 0), np.inf
+        for _ in range(6):
+            i = int(self.rng.integers(T))
+            gap = int(np.exp(self.rng.uniform(0, np.log(T))))
+            j = int(np.clip(i + gap * self.rng.choice([-1, 1]), 0, T - 1))
+            b = int(np.clip((hop(phi[i], phi[j]) + 1) / 2 * 10, 0, 9))
+            if self.hist[b] < best_count:
+                best, best_count = (i, j), self.hist[b]
+        return best
+
+    def _group(self, task: _Task) -> tuple[list[np.ndarray], list[tuple[int, int, int, int, float]], str]:
+        """One demo + one reference context -> frames and (start, goal, before, after, hop) rows."""
+        di, demo = self._pick_demo(task)
+        ref = demo
+        if len(task.demo_ids) > 1 and self.rng.random() < self.cfg.p_swap_context:
+            others = [i for i in task.demo_ids if i != di]
+            ref = self._pick_demo(task)[1] if self.rng.random() < 0.5 else self._demo(task, int(self.rng.choice(others)))
+        frames = [ref.frames[0], ref.frames[-1]]  # 0: start, 1: goal
+        rows = []
+        c = self.cfg
+        T = len(demo.phi)
+        for _ in range(c.pairs_per_group):
+            u = self.rng.random()
+            j = int(self.rng.integers(T))
+            if u < c.p_anchor_start:
+                frames.append(demo.frames[j])
+                rows.append((0, 1, 0, len(frames) - 1, float(demo.phi[j])))
+            elif u < c.p_anchor_start + c.p_anchor_goal:
+                frames.append(demo.frames[j])
+                rows.append((0, 1, 1, len(frames) - 1, float(demo.phi[j]) - 1.0))
+            elif u < c.p_anchor_start + c.p_anchor_goal + c.p_zero:
+                frames.append(demo.frames[j])
+                rows.append((0, 1, len(frames) - 1, len(frames) - 1, 0.0))
+            else:
+                i, j = self._pair(demo.phi)
+                frames += [demo.frames[i], demo.frames[j]]
+                rows.append((0, 1, len(frames) - 2, len(frames) - 1, float(hop(demo.phi[i], demo.phi[j]))))
+            self.hist[int(np.clip((rows[-1][4] + 1) / 2 * 10, 0, 9))] += 1
+        return frames, rows, demo.task
+
+    def _outcome_group(self, task: _Task):
+        """A rollout's final frame, its outcome, and a reference context: (frames, row, label)."""
+        ri = int(self.rng.choice(task.rollout_ids))
+        last, success, text = self._rollout_end(task, ri)
+        ref = self._pick_demo(task)[1]
+        return [ref.frames[0], ref.frames[-1], last], (0, 1, 1, 2), float(success), text
+
+    def sample(self, groups: int) -> dict:
+        """A batch of ``groups`` groups (about ``groups * pairs_per_group`` pairs).
+
+        Returns a dict with uint8 ``frames (N, V, H, W, 3)`` (unique frames), long index
+        tensors ``<role>_idx (B,)`` into them, float ``hop (B,)``, bool ``<role>_mask (B, V)``,
+        ``text`` (list), and for outcome rows ``outcome_idx`` (rows of the goal-anchored
+        pairs scored for success) with ``outcome (K,)`` labels.
+        """
+        frames, rows, texts, outcome_rows, outcome_labels = [], [], [], [], []
+        for _ in range(groups):
+            task = self.tasks[int(self.rng.integers(len(self.tasks)))]
+            if task.rollout_ids and self.rng.random() < self.cfg.p_outcome:
+                f, row, label, text = self._outcome_group(task)
+                base = len(frames)
+                frames += f
+                outcome_rows.append(len(rows))
+                outcome_labels.append(label)
+                rows.append((*(base + k for k in row), np.nan))
+                texts.append(text)
+                continue
+            f, rws, text = self._group(task)
+            base = len(frames)
+            frames += f
+            rows += [(base + a, base + b, base + c, base + d, h) for a, b, c, d, h in rws]
+            texts += [text] * len(rws)
+        self._batches += 1
+        return self._collate(frames, rows, texts, outcome_rows, outcome_labels)
+
+    def _collate(self, frames, rows, texts, outcome_rows, outcome_labels) -> dict:
+        arr = torch.from_numpy(np.stack(frames))
+        arr = shift_augment(arr, self.cfg.max_shift, self.rng)
+        idx = torch.tensor([r[:4] for r in rows], dtype=torch.long)
+        batch = {"frames": arr, "hop": torch.tensor([r[4] for r in rows], dtype=torch.float32), "text": texts,
+                 "outcome_idx": torch.tensor(outcome_rows, dtype=torch.long),
+                 "outcome": torch.tensor(outcome_labels, dtype=torch.float32)}
+        for k, role in enumerate(ROLES):
+            batch[f"{role}_idx"] = idx[:, k]
+        return batch
+
+
+def shift_augment(frames: torch.Tensor, max_shift: int, rng: np.random.Generator) -> torch.Tensor:
+    """Random translation of each frame set by up to ``max_shift`` pixels (replicate padding)."""
+    if max_shift <= 0:
+        return frames
+    n, v, h, w, _ = frames.shape
+    x = frames.permute(0, 1, 4, 2, 3).reshape(n * v, 3, h, w).float()
+    x = torch.nn.functional.pad(x, [max_shift] * 4, mode="replicate")
+    out = torch.empty((n * v, 3, h, w))
+    dy = rng.integers(0, 2 * max_shift + 1, n)
+    dx = rng.integers(0, 2 * max_shift + 1, n)
+    for k in range(n):
+        out[k * v:(k + 1) * v] = x[k * v:(k + 1) * v, :, dy[k]:dy[k] + h, dx[k]:dx[k] + w]
+    return out.to(torch.uint8).view(n, v, 3, h, w).permute(0, 1, 3, 4, 2).contiguous()

@@ -1,0 +1,43 @@
+"""One registry of reward sources: a spec string picks the progress model.
+
+    grm:<dir>            a trained General Reward Model folder
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from robo.errors import RoboError
+
+_LOADERS: dict[str, Callable[[str], object]] = {}
+
+
+def register(kind: str):
+    """Decorator: register a loader ``f(argument) -> ProgressModel`` under ``kind``."""
+
+    def deco(fn):
+        if kind in _LOADERS:
+            raise ValueError(f"reward source {kind!r} is registered twice")
+        _LOADERS[kind] = fn
+        return fn
+
+    return deco
+
+
+@register("grm")
+def _grm(path: str):
+    from models.grm.inference import GRMProgressModel
+
+    return GRMProgressModel.from_pretrained(path)
+
+
+def load_progress_model(spec: str):
+    """Build a progress model from ``kind:argument`` (see module docstring)."""
+    kind, sep, arg = spec.partition(":")
+    if not sep or kind not in _LOADERS:
+        raise RoboError(f"reward source {spec!r}: write it as <kind>:<argument> with kind one of {', '.join(sorted(_LOADERS))}")
+    return _LOADERS[kind](arg)
+
+
+def kinds() -> list[str]:
+    return sorted(_LOADERS)

@@ -1,0 +1,152 @@
+"""GRM: labels, network, persistence, multi-perspective inference, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models.base import ModelInputError, ProgressModel, TaskContext
+from models.grm.config import GRMConfig
+from models.grm.inference import GRMProgressModel
+from models.grm.labels import apply_hop, hop, stepwise_progress
+from models.grm.model import GRM
+
+TINY = dict(views=("front", "wrist"), image_size=(32, 32), channels=(8, 16), encoder_resolution=16,
+            d_model=32, layers=1, heads=2, num_bins=11, text_buckets=64)
+
+
+def frames(b, v=2, size=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 255, (b, v, size, size, 3), dtype=np.uint8)
+
+
+def test_stepwise_progress_gives_each_stage_an_equal_share():
+    stage = np.array([0] * 10 + [1] * 2 + [2] * 4)
+    success = np.zeros(16, bool)
+    success[-1] = True
+    phi = stepwise_progress(stage, 3, success)
+    assert phi[0] == 0 and phi[-1] == 1
+    assert np.all(np.diff(phi) > 0)
+    assert phi[10] == pytest.approx(1 / 3) and phi[12] == pytest.approx(2 / 3)  # stage starts
+
+
+def test_stepwise_progress_ignores_stage_regressions_in_demos():
+    phi = stepwise_progress(np.array([0, 0, 1, 0, 1, 1]), 2)
+    assert np.all(np.diff(phi) >= 0)
+
+
+def test_hop_and_inverse():
+    p = np.linspace(0.05, 0.95, 7)
+    for q in np.linspace(0, 1, 9):
+        h = hop(p, q)
+        assert np.all(np.abs(h) <= 1)
+        np.testing.assert_allclose(apply_hop(p, h), q, atol=1e-5)
+    assert hop(0.0, 1.0) == 1 and hop(1.0, 0.0) == -1 and hop(0.4, 0.4) == 0
+
+
+def test_forward_shapes_and_masks():
+    model = GRM(GRMConfig(**TINY))
+    batch = {"frames": torch.from_numpy(frames(5)), "text": ["pick the cube"] * 3}
+    for k, role in enumerate(("start", "goal", "before", "after")):
+        batch[f"{role}_idx"] = torch.tensor([k, k, (k + 1) % 5])
+    batch["before_mask"] = torch.tensor([[True, False], [False, False], [False, True]])
+    logits = model(batch)
+    assert logits.shape == (3, 11)
+    logits.sum().backward()
+    assert model.view_emb.grad is not None
+
+
+def test_save_load_round_trip_and_bad_checkpoints(tmp_path):
+    model = GRM(GRMConfig(**TINY))
+    model.save_pretrained(tmp_path / "m", extra={"training": {"tasks": ["x"]}})
+    again = GRM.from_pretrained(tmp_path / "m")
+    for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert again.metadata["training"]["tasks"] == ["x"]
+    with pytest.raises(ModelInputError, match="not a GRM checkpoint"):
+        GRM.from_pretrained(tmp_path / "nothing")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ModelInputError, match="corrupt"):
+        GRM.from_pretrained(tmp_path / "m")
+    other = GRM(GRMConfig(**{**TINY, "d_model": 64}))
+    other.save_pretrained(tmp_path / "o")
+    cfg = json.loads((tmp_path / "o" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    model.save_pretrained(tmp_path / "m2")
+    (tmp_path / "m2" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelInputError, match="does not match"):
+        GRM.from_pretrained(tmp_path / "m2")
+    (tmp_path / "m2" / "config.json").write_text(json.dumps({**cfg, "architecture": "vlm"}))
+    with pytest.raises(ModelInputError, match="not a GRM"):
+        GRM.from_pretrained(tmp_path / "m2")
+
+
+def test_inference_contract_fusion_and_state():
+    pm = GRMProgressModel(GRM(GRMConfig(**TINY)))
+    assert isinstance(pm, ProgressModel)
+    ctx = TaskContext("stack", frames(1, seed=1)[0], frames(1, seed=2)[0])
+    first = pm.reset([0, 1], [ctx, ctx], frames(2))
+    assert first.progress.shape == (2,)
+    out = pm.predict(frames(2, seed=3))
+    for t in (out.progress, out.success, out.confidence):
+        assert t.shape == (2,) and t.dtype == torch.float32
+        assert torch.all((t >= 0) & (t <= 1))
+    # environments are independent: resetting env 1 does not touch env 0's state
+    phi0 = pm._state[0]["phi"].clone()
+    pm.reset([1], [ctx], frames(1, seed=4))
+    assert torch.equal(pm._state[0]["phi"], phi0)
+    single = GRMProgressModel(pm.model, perspectives=("forward",))
+    single.reset([0], [ctx], frames(1))
+    assert torch.all(single.predict(frames(1)).confidence == 1)
+
+
+def test_incremental_chaining_follows_hops():
+    model = GRM(GRMConfig(**TINY))
+    with torch.no_grad():  # make every hop exactly +0.2 (bin 6 of 11 over [-1, 1])
+        model.head[-1].weight.zero_()
+        model.head[-1].bias.fill_(-30.0)
+        model.head[-1].bias[6] = 30.0
+    pm = GRMProgressModel(model, perspectives=("incremental",))
+    first = pm.reset([0], [TaskContext()], frames(1))
+    phis = [float(first.progress)] + [float(pm.predict(frames(1, seed=s)).progress) for s in range(3)]
+    np.testing.assert_allclose(phis, [0.2, 0.36, 0.488, 0.5904], atol=1e-4)
+
+
+def test_missing_view_is_masked_only_with_view_dropout():
+    cfg = GRMConfig(**TINY)
+    pm = GRMProgressModel(GRM(cfg))
+    ctx = TaskContext(None, frames(1)[0], frames(1)[0])
+    pm.reset([0], [ctx], frames(1))
+    out = pm.predict(frames(1, v=1), views=("wrist",))
+    assert 0 <= float(out.progress) <= 1
+    strict = GRMProgressModel(GRM(GRMConfig(**{**TINY, "view_dropout": 0.0})))
+    strict.reset([0], [ctx], frames(1))
+    with pytest.raises(ModelInputError, match="without view dropout"):
+        strict.predict(frames(1, v=1), views=("wrist",))
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((1, 2, 32, 32, 3), np.float32), "uint8"),
+        (np.full((1, 2, 32, 32, 3), np.nan, np.float32), "NaN"),
+        (np.zeros((1, 3, 32, 32, 3), np.uint8), "3 views"),
+        (np.zeros((1, 2, 48, 48, 3), np.uint8), "32x32"),
+        (np.zeros((2, 32, 32, 3), np.uint8), "shape"),
+    ],
+)
+def test_bad_frames_raise_one_line_errors(bad, match):
+    pm = GRMProgressModel(GRM(GRMConfig(**TINY)))
+    pm.reset([0], [TaskContext()], frames(1))
+    with pytest.raises(ModelInputError, match=match):
+        pm.predict(bad)
+
+
+def test_unreset_env_and_bad_config():
+    pm = GRMProgressModel(GRM(GRMConfig(**TINY)))
+    with pytest.raises(ModelInputError, match="never reset"):
+        pm.predict(frames(1), env_indices=[3])
+    with pytest.raises(ValueError, match="odd"):
+        GRMConfig(num_bins=10)
+    with pytest.raises(ValueError, match="perspectives"):
+        GRMConfig(perspectives=("sideways",))
