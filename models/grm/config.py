@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class EncoderKind(str, Enum):
+class EncoderKind(StrEnum):
     """Per-view image encoder."""
 
     cnn = "cnn"  # small CNN trained from scratch (default)
@@ -14,7 +14,7 @@ class EncoderKind(str, Enum):
     open_clip = "open_clip"  # an open_clip visual tower, weights from a local file
 
 
-class Perspective(str, Enum):
+class Perspective(StrEnum):
     """Inference perspectives fused into the progress estimate."""
 
     incremental = "incremental"  # chain hops from the previous step

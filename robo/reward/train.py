@@ -205,9 +205,6 @@ def fit(model: GRM, sampler: PairSampler, s: LoopSettings, out: Path | None, *, 
     def schedule(step: int) -> float:
         return min(1.0, (step + 1) / s.warmup) * 0.5 * (1 + np.cos(np.pi * min(step / s.steps, 1.0)))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule, last_epoch=-1)
-    for _ in range(start):
-        sched.step()
     writer = _writer(out) if rank == 0 and out is not None else None
     model.train()
     mask_rng = np.random.default_rng(s.seed + 7 + rank)
@@ -215,6 +212,8 @@ def fit(model: GRM, sampler: PairSampler, s: LoopSettings, out: Path | None, *, 
     terms: dict = {}
     bar = tqdm(range(start, s.steps), desc=s.desc, initial=start, total=s.steps, disable=rank != 0)
     for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = s.lr * schedule(step)
         batch = add_masks(sampler.sample(s.groups), len(cfg.views), cfg.view_dropout, cfg.context_dropout, mask_rng)
         loss, terms = grm_loss(net(batch), batch, model.bins, cfg.success_delta, s.outcome_weight)
         if extra_loss is not None:
@@ -224,18 +223,17 @@ def fit(model: GRM, sampler: PairSampler, s: LoopSettings, out: Path | None, *, 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        sched.step()
         if writer is not None and (step % s.log_every == 0 or step == s.steps - 1):
             bar.set_postfix({k: f"{v.item():.3f}" for k, v in terms.items() if k != "loss"})
             for k, v in terms.items():
                 writer.add_scalar(f"train/{k}", v.item(), step)
-            writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
+            writer.add_scalar("train/lr", opt.param_groups[0]["lr"], step)
         if rank == 0 and ckpt is not None and ((step + 1) % s.checkpoint_every == 0 or step == s.steps - 1):
             save_checkpoint(ckpt, model, opt, step + 1, {})
     if writer is not None:
         writer.close()
     model.eval()
-    return {k: round(float(v), 4) for k, v in terms.items()}
+    return {k: round(float(v.detach()), 4) for k, v in terms.items()}
 
 
 def train(cfg: TrainConfig) -> Path:

@@ -1,0 +1,150 @@
+"""The GRM's accuracy targets, end to end: data, general model, one-shot adaptation, figures.
+
+1. Collect, per training task (own tabletop tasks + Meta-World MT10): expert demos,
+   outcome-labelled training rollouts, and a held-out evaluation set (expert, noisy,
+   near-miss, undo, half, random-freeze) on seeds never used for training.
+2. Train the general GRM on the training stores only.
+3. Choose the outcome thresholds on the training rollouts of the training tasks.
+4. Evaluate on the held-out sets of the training tasks (VOC, MAE, Pearson, regress
+   tracking, outcome accuracy, false successes, EPIC, exploitation test).
+5. For each held-out task (never trained on): adapt from exactly one demo, evaluate.
+
+Writes ``<out>/grm_targets.json`` and prints a table. Every stage is cached in ``<out>``
+(re-running skips what exists), so the script can be resumed.
+
+    python bench/grm_targets.py --out runs/grm_targets [--tasks tabletop] [--steps 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import report  # noqa: E402
+
+from robo.cli import main as robo  # noqa: E402
+from robo.store import EpisodeStore  # noqa: E402
+
+TABLETOP = ["tabletop/reach-v0", "tabletop/push-v0", "tabletop/pick-place-v0", "tabletop/stack-v0"]
+MT10 = [f"metaworld/{t}" for t in ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3",
+                                   "drawer-close-v3", "button-press-topdown-v3", "peg-insert-side-v3",
+                                   "window-open-v3", "window-close-v3")]
+HELD_OUT = ["metaworld/door-close-v3", "metaworld/button-press-v3", "metaworld/drawer-open-v3"]
+EVAL_POLICIES = ("noisy:0.3", "near-miss", "undo", "half", "random-freeze")
+TRAIN_POLICIES = ("noisy:0.3", "near-miss", "half", "random-freeze")
+
+
+def name(env_id: str) -> str:
+    return env_id.replace("/", "_")
+
+
+def collect(env_id: str, out: Path, episodes: int, policy: str, seed: int, size: int) -> None:
+    code = robo(["collect", "--env", env_id, "--episodes", str(episodes), "--policy", policy,
+                 "--seed", str(seed), "--size", str(size), "--out", str(out)])
+    if code:
+        raise SystemExit(f"collect failed for {env_id} {policy}")
+
+
+def build_data(env_id: str, root: Path, a) -> dict[str, Path]:
+    """Training demos + training rollouts (seeds 0..) and an evaluation set (seeds 100000..)."""
+    paths = {k: root / "data" / f"{name(env_id)}-{k}" for k in ("train", "eval")}
+    if not paths["train"].exists():
+        collect(env_id, paths["train"], a.demos, "expert", 0, a.size)
+        for k, p in enumerate(TRAIN_POLICIES):
+            collect(env_id, paths["train"], a.train_rollouts, p, 10_000 + 1000 * k, a.size)
+    if not paths["eval"].exists():
+        collect(env_id, paths["eval"], a.eval_demos, "expert", 100_000, a.size)
+        for k, p in enumerate(EVAL_POLICIES):
+            collect(env_id, paths["eval"], a.eval_rollouts, p, 110_000 + 1000 * k, a.size)
+    return paths
+
+
+def evaluate(model: Path, data: Path, reference: str, out: Path, a, calibrate=False, seen=True) -> dict:
+    if (out / "summary.json").exists() and not calibrate:
+        return json.loads((out / "summary.json").read_text())
+    args = ["reward", "eval", "--model", f"grm:{model}", "--data", str(data), "--reference", reference,
+            "--out", str(out), "--seen_in_training", str(seen).lower(), "--calibrate", str(calibrate).lower(),
+            "--exploit_sequences", str(0 if calibrate else a.exploit_sequences), "--exploit_starts", "1"]
+    if robo(args):
+        raise SystemExit(f"eval failed on {data}")
+    return json.loads((out / "summary.json").read_text())
+
+
+def calibrate(model: Path, stores: list[Path]) -> None:
+    """Choose tau (delta fixed at 0.05) on the training tasks' own training rollouts, pooled."""
+    from robo.evaluation import choose_thresholds, score_store
+    from robo.reward.registry import load_progress_model
+
+    pm = load_progress_model(f"grm:{model}")
+    finals, outcomes = [], []
+    for url in stores:
+        store = EpisodeStore.open(str(url))
+        idx = [i for i in range(len(store)) if store.episode_meta(i).policy != "expert"]
+        scores = score_store(pm, store, store.episode(0), indices=idx)
+        finals += [float(sc.progress[-1]) for sc in scores]
+        outcomes += [store.episode_meta(i).outcome for i in idx]
+    th = choose_thresholds(finals, outcomes, delta=0.05)
+    (model / "thresholds.json").write_text(json.dumps(
+        {"delta": th.delta, "tau": th.tau, "source": f"training rollouts of {len(stores)} training tasks"}))
+
+
+def row(task: str, s: dict, seen: bool) -> dict:
+    return {"task": task, "seen": seen, "episodes": s.get("episodes"), "voc": s.get("voc"),
+            "mae": s.get("progress_mae"), "pearson": s.get("progress_pearson"),
+            "regress": s.get("regress_tracking"), "outcome_acc": s.get("outcome_accuracy"),
+            "false_succ": s.get("false_success_rate"), "epic": s.get("epic_distance"),
+            "exploit": (s.get("exploitation") or {}).get("exploit_rate")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/grm_targets")
+    ap.add_argument("--tasks", default="all", help="all | tabletop | comma-separated env ids")
+    ap.add_argument("--held_out", default=",".join(HELD_OUT))
+    ap.add_argument("--config", default="configs/grm/default.yaml")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--demos", type=int, default=30)
+    ap.add_argument("--train_rollouts", type=int, default=4)
+    ap.add_argument("--eval_demos", type=int, default=5)
+    ap.add_argument("--eval_rollouts", type=int, default=4)
+    ap.add_argument("--exploit_sequences", type=int, default=64)
+    ap.add_argument("--adapt_steps", type=int, default=300)
+    a = ap.parse_args()
+    root = Path(a.out)
+    tasks = {"all": TABLETOP + MT10, "tabletop": TABLETOP}.get(a.tasks, a.tasks.split(","))
+    t0 = time.time()
+    data = {t: build_data(t, root, a) for t in tasks}
+    model = root / "general" / "model"
+    if not model.exists():
+        code = robo(["reward", "train", "--data", ",".join(str(d["train"]) for d in data.values()),
+                     "--config", a.config, "--out", str(root / "general"), "--steps", str(a.steps)])
+        if code:
+            raise SystemExit("training failed")
+    if not (model / "thresholds.json").exists():
+        calibrate(model, [d["train"] for d in data.values()])
+    rows = []
+    for t, d in data.items():
+        s = evaluate(model, d["eval"], f"{d['train']}:0", root / "eval" / name(t), a)
+        rows.append(row(t, s, True))
+    for t in [h for h in a.held_out.split(",") if h]:
+        paths = build_data(t, root, argparse.Namespace(**{**vars(a), "demos": 1}))
+        adapted = root / "adapted" / name(t)
+        if not adapted.exists():
+            robo(["reward", "adapt", "--model", str(model), "--demo", f"{paths['train']}:0", "--out", str(adapted),
+                  "--steps", str(a.adapt_steps)])
+            (adapted / "thresholds.json").write_text((model / "thresholds.json").read_text())
+        s = evaluate(adapted, paths["eval"], f"{paths['train']}:0", root / "eval-adapted" / name(t), a, seen=False)
+        rows.append(row(f"{t} (one-shot)", s, False))
+    n = len(EpisodeStore.open(str(next(iter(data.values()))["eval"])))
+    print(f"\n{len(tasks)} training tasks, {n} eval episodes each; {time.time() - t0:.0f} s")
+    report("grm_targets", rows, ["task", "seen", "episodes", "voc", "mae", "pearson", "regress", "outcome_acc",
+                                 "false_succ", "epic", "exploit"], str(root / "grm_targets.json"))
+
+
+if __name__ == "__main__":
+    main()
