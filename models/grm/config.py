@@ -56,7 +56,7 @@ class GRMConfig:
     encoder_name: str = ""
     encoder_weights: str = ""
     channels: tuple[int, ...] = (32, 64, 64)
-    encoder_resolution: int = 48
+    encoder_resolution: int = 64
     d_model: int = 128
     layers: int = 2
     heads: int = 4

@@ -65,7 +65,7 @@ class SamplerConfig:
     refresh_every: int = 4
     pairs_per_group: int = 4
     p_anchor_start: float = 0.2
-    p_anchor_goal: float = 0.2
+    p_anchor_goal: float = 0.3
     p_zero: float = 0.1
     p_swap_context: float = 0.5
     p_outcome: float = 0.15

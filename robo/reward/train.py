@@ -102,8 +102,9 @@ def grm_loss(logits: torch.Tensor, batch: dict, bins: torch.Tensor, delta: float
     labelled = torch.isfinite(hop)
     logp = logits.log_softmax(-1)
     hop_loss = -(two_hot(hop[labelled], bins) * logp[labelled]).sum(-1).mean()
-    terms = {"hop_ce": hop_loss, "hop_mae": (( logp[labelled].exp() * bins).sum(-1) - hop[labelled]).abs().mean()}
-    loss = hop_loss
+    mae = ((logp[labelled].exp() * bins).sum(-1) - hop[labelled]).abs().mean()
+    terms = {"hop_ce": hop_loss, "hop_mae": mae}
+    loss = hop_loss + mae  # the expectation is what inference uses: train it directly too
     if len(batch["outcome_idx"]):
         p_success = logp[batch["outcome_idx"]].exp()[:, bins >= -delta].sum(-1).clamp(1e-5, 1 - 1e-5)
         out_loss = F.binary_cross_entropy(p_success, batch["outcome"])
