@@ -19,6 +19,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reward train": ("robo.reward.train:TrainConfig", "robo.reward.train:train"),
     "reward adapt": ("robo.reward.adapt:AdaptConfig", "robo.reward.adapt:adapt"),
     "reward eval": ("robo.reward.evalcmd:EvalConfig", "robo.reward.evalcmd:run_eval"),
+    "calibrate camera": ("calibration.cli:CameraCalibConfig", "calibration.cli:calibrate_camera"),
+    "calibrate handeye": ("calibration.cli:HandEyeConfig", "calibration.cli:calibrate_handeye"),
+    "calibrate reward": ("calibration.cli:RewardCalibConfig", "calibration.cli:calibrate_reward"),
     "data export": ("robo.datacmd:ExportConfig", "robo.datacmd:export"),
     "data import": ("robo.datacmd:ImportConfig", "robo.datacmd:import_"),
 }
@@ -30,6 +33,9 @@ HELP = {
     "reward train": "train a General Reward Model on episode stores",
     "reward adapt": "adapt a GRM to a new task from one demonstration",
     "reward eval": "evaluate a reward source on held-out episodes (VOC, MAE, outcomes, EPIC...)",
+    "calibrate camera": "camera intrinsics from ChArUco/chessboard images (or --render N self-test)",
+    "calibrate handeye": "hand-eye calibration (eye-in-hand or eye-to-hand)",
+    "calibrate reward": "success threshold of a reward model from labelled rollouts",
     "data export": "export a store as a LeRobotDataset v3 (lerobot extra)",
     "data import": "import a LeRobotDataset v3 into a store (lerobot extra)",
 }
@@ -83,7 +89,7 @@ def _parse_error(name: str, e: Exception) -> ValueError:
     while chain[-1].__cause__ is not None:
         chain.append(chain[-1].__cause__)
     root = chain[-1]
-    if isinstance(root, ValueError) and type(root).__module__.split(".")[0] in ("robo", "sim", "models"):
+    if isinstance(root, ValueError) and type(root).__module__.split(".")[0] in ("robo", "sim", "models", "hardware", "calibration"):
         return RoboError(_first_line(root))  # our own validation message
     for err in chain:
         m = re.match(r"`([\w.]+)`: (.*)", _first_line(err))
