@@ -92,9 +92,9 @@ def test_vec_wrapper_rewards_match_the_formula_across_episode_ends():
     venv = make_reward_vec_env([env_fn(), env_fn()], tiny_model(), cfg, TaskContext("reach"))
     venv.seed(0)
     venv.reset()
-    prev_next = None
+    prev_next, prev_done = None, None
     ends = 0
-    for t in range(14):
+    for _ in range(14):
         _, reward, dones, infos = venv.step(np.zeros((2, 4), np.float32))
         for k, info in enumerate(infos):
             terms = info["reward_terms"]
