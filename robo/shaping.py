@@ -91,6 +91,8 @@ def _env_views(env) -> tuple[str, ...]:
 
 def check_model_views(model, env) -> None:
     """The model's views must be a subset of what the environment renders, at the same size."""
+    if not model.views:  # a model that needs no frames (sparse / oracle rewards)
+        return
     views = _env_views(env)
     missing = [v for v in model.views if v not in views]
     if missing:
@@ -109,9 +111,11 @@ class RenderViewsInfo(gym.Wrapper):
     def __init__(self, env: gym.Env, views: Sequence[str] | None = None):
         super().__init__(env)
         env_views = _env_views(env)
-        self.view_idx = [env_views.index(v) for v in (views or env_views)]
+        self.view_idx = [env_views.index(v) for v in (env_views if views is None else views)]
 
     def _frames(self) -> np.ndarray:
+        if not self.view_idx:  # nothing to render for this reward
+            return np.zeros((0,), np.uint8)
         return self.env.unwrapped.render_views()[self.view_idx]
 
     def reset(self, **kwargs):

@@ -1,0 +1,87 @@
+"""Success-rate evaluation and the reward-hacking watch, as SB3 callbacks (``_on_step`` only)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+
+
+def run_eval_episodes(policy, env, episodes: int, seed: int) -> dict:
+    """Deterministic episodes; success if the env reports success at any step."""
+    successes, lengths = [], []
+    for k in range(episodes):
+        obs, info = env.reset(seed=seed + k)
+        done, success, steps = False, False, 0
+        while not done:
+            action, _ = policy.predict(obs, deterministic=True)
+            obs, _, term, trunc, info = env.step(action)
+            success |= bool(info.get("success", False))
+            done, steps = term or trunc, steps + 1
+        successes.append(success)
+        lengths.append(steps)
+    return {"success_rate": float(np.mean(successes)), "mean_length": float(np.mean(lengths))}
+
+
+class SuccessEvalCallback(BaseCallback):
+    """Every ``every`` env steps: success rate of the deterministic policy on ``episodes``
+    fixed-seed episodes; plus, from the training episodes' reward terms, how often the
+    model's success detection fired on episodes the env judged failed (false successes) and
+    how far the model's progress was from privileged progress (the reward-hacking watch)."""
+
+    def __init__(self, make_env, every: int, episodes: int, out: Path, seed: int = 0):
+        super().__init__()
+        self.make_env, self.every, self.episodes, self.out, self.seed = make_env, every, episodes, out, seed
+        self.history: list[dict] = []
+        self.train_episodes = 0
+        self._next = every
+        self._ep: dict[int, dict] = {}
+        self.watch = {"episodes": 0, "env_failures": 0, "false_successes": 0, "abs_err_sum": 0.0, "frames": 0}
+        self._env = None
+
+    def evaluate_now(self, model, step: int) -> dict:
+        if self._env is None:
+            self._env = self.make_env()
+        row = {"step": step, "train_episodes": self.train_episodes,
+               **run_eval_episodes(model, self._env, self.episodes, self.seed), **self.watch_summary()}
+        self.history.append(row)
+        self.out.write_text(json.dumps(self.history, indent=2))
+        if getattr(self, "model", None) is not None and step:
+            self.logger.record("eval/success_rate", row["success_rate"])
+            self.logger.record("watch/false_success_rate", row["false_success_rate"])
+        return row
+
+    def _on_step(self) -> bool:
+        for k, (info, done) in enumerate(zip(self.locals["infos"], self.locals["dones"], strict=True)):
+            ep = self._ep.setdefault(k, {"model": False, "env": False})
+            terms = info.get("reward_terms", {})
+            ep["model"] |= bool(terms.get("model_success", False))
+            ep["env"] |= bool(info.get("success", False))
+            if "privileged_progress" in info and "next_potential" in terms:
+                self.watch["abs_err_sum"] += abs(terms["next_potential"] - info["privileged_progress"])
+                self.watch["frames"] += 1
+            if done:
+                self.train_episodes += 1
+                self.watch["episodes"] += 1
+                if not ep["env"]:
+                    self.watch["env_failures"] += 1
+                    self.watch["false_successes"] += int(ep["model"])
+                self._ep[k] = {"model": False, "env": False}
+        if self.num_timesteps >= self._next:
+            self._next += self.every
+            self.evaluate_now(self.model, self.num_timesteps)
+        return True
+
+    def watch_summary(self) -> dict:
+        w = self.watch
+        fsr = w["false_successes"] / w["env_failures"] if w["env_failures"] else float("nan")
+        mae = w["abs_err_sum"] / w["frames"] if w["frames"] else float("nan")
+        return {"false_success_rate": fsr, "progress_mae": mae, "watched_episodes": w["episodes"]}
+
+    def _on_training_end(self) -> None:
+        if not self.history or self.history[-1]["step"] != self.num_timesteps:
+            self.evaluate_now(self.model, self.num_timesteps)
+        if self._env is not None:
+            self._env.close()

@@ -1,0 +1,54 @@
+"""`robo rl train`: smoke runs (SAC with BC warm start and PBRS from a tiny GRM, PPO sparse), bad input."""
+
+import json
+
+import pytest
+
+from robo.cli import main
+
+TINY = "configs/grm/tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def demos_and_model(tmp_path_factory):
+    base = tmp_path_factory.mktemp("rl")
+    demos = str(base / "reach")
+    assert main(["collect", "--env", "tabletop/reach-v0", "--episodes", "3", "--size", "32", "--out", demos]) == 0
+    assert main(["reward", "train", "--data", demos, "--config", TINY, "--out", str(base / "grm"), "--steps", "3"]) == 0
+    return demos, str(base / "grm" / "model")
+
+
+def test_sac_pbrs_with_warm_start(demos_and_model, tmp_path):
+    demos, model = demos_and_model
+    out = tmp_path / "sac"
+    assert main(["rl", "train", "--env", "tabletop/reach-v0", "--reward", f"grm:{model}", "--shaping.mode", "pbrs",
+                 "--demos", demos, "--steps", "120", "--eval_every", "60", "--eval_episodes", "2",
+                 "--bc_epochs", "5", "--critic_warmup", "5", "--max_episode_steps", "30", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["warm_start"]["transitions"] > 0 and summary["warm_start"]["replay_prefill"] > 0
+    steps = [e["step"] for e in summary["evaluations"]]
+    assert steps[0] == 0 and steps[-1] == 120
+    assert all(0 <= e["success_rate"] <= 1 for e in summary["evaluations"])
+    assert "false_success_rate" in summary["hacking_watch"]
+    assert (out / "final_policy.zip").is_file()
+
+
+def test_ppo_sparse_without_a_model(tmp_path):
+    out = tmp_path / "ppo"
+    assert main(["rl", "train", "--env", "tabletop/reach-v0", "--shaping.mode", "sparse", "--algo", "ppo",
+                 "--steps", "128", "--eval_every", "128", "--eval_episodes", "1", "--max_episode_steps", "20",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "eval.json").read_text())[-1]["step"] >= 128
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--shaping.mode", "pbrs"], "needs a reward model"),
+        (["--shaping.gamma", "1.5"], "gamma"),
+        (["--algo", "dqn"], "algo"),
+    ],
+)
+def test_bad_input_before_training(args, message, capsys, tmp_path):
+    assert main(["rl", "train", "--env", "tabletop/reach-v0", "--out", str(tmp_path / "x"), *args]) == 2
+    assert message in capsys.readouterr().err
