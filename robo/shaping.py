@@ -155,6 +155,7 @@ class _Shaper:
                 "success_bonus": float(r_gold[k]), "env_reward": float(env_reward[k]),
                 "model_success": bool(model_success[k]), "model_success_prob": float(out.success[k]),
                 "env_success": bool(env_success[k]), "confidence": float(out.confidence[k]),
+                "has_model": bool(self.model.views),
             })
         self.phi = phi_next
         return reward.astype(np.float32), model_success, terms

@@ -59,7 +59,7 @@ class SuccessEvalCallback(BaseCallback):
             terms = info.get("reward_terms", {})
             ep["model"] |= bool(terms.get("model_success", False))
             ep["env"] |= bool(info.get("success", False))
-            if "privileged_progress" in info and "next_potential" in terms:
+            if "privileged_progress" in info and terms.get("has_model"):
                 self.watch["abs_err_sum"] += abs(terms["next_potential"] - info["privileged_progress"])
                 self.watch["frames"] += 1
             if done:

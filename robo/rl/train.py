@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from models.base import TaskContext
@@ -68,6 +67,9 @@ class RLConfig:
             raise RoboError("--env is required (see `robo envs`)")
         if self.steps < 1 or self.n_envs < 1:
             raise RoboError("--steps and --n_envs must be positive")
+
+    def validate(self) -> None:
+        """Checks that depend on the combination of reward and shaping (run before training)."""
         needs_model = self.shaping.mode in (ShapingMode.pbrs, ShapingMode.naive) or self.shaping.success_source == "model"
         if needs_model and self.reward == "none":
             raise RoboError(f"--shaping.mode {self.shaping.mode.value} needs a reward model: pass --reward grm:<dir>")
@@ -162,6 +164,7 @@ def train(cfg: RLConfig) -> dict:
     from robo.rl.callbacks import SuccessEvalCallback
     from robo.rl.warmstart import warm_start
 
+    cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = cfg.out_dir

@@ -52,3 +52,13 @@ def test_ppo_sparse_without_a_model(tmp_path):
 def test_bad_input_before_training(args, message, capsys, tmp_path):
     assert main(["rl", "train", "--env", "tabletop/reach-v0", "--out", str(tmp_path / "x"), *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_compare_writes_curves_and_table(tmp_path):
+    import json
+
+    out = tmp_path / "cmp"
+    assert main(["rl", "compare", "--config", "configs/rl/smoke.yaml", "--out", str(out)]) == 0
+    result = json.loads((out / "compare.json").read_text())
+    assert set(result["conditions"]) == {"sparse", "oracle"} and result["seeds"] == [0, 1]
+    assert (out / "curves.png").stat().st_size > 5000

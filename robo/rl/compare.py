@@ -1,0 +1,108 @@
+"""`robo rl compare`: reward conditions on the same seeds and budget, curves and a summary table.
+
+    robo rl compare --config configs/rl/pick_place_cpu.yaml
+
+Each condition (sparse, naive, pbrs per reward source, oracle ...) is trained with the
+same seeds, budget and warm start; success-vs-episodes and success-vs-steps curves (mean
+± std over seeds) go to ``<out>/curves.png`` and ``<out>/compare.json``, a table to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from robo.errors import RoboError
+from robo.rl.train import RLConfig, train
+from robo.shaping import ShapingConfig
+
+
+@dataclass
+class Condition:
+    """One reward condition."""
+
+    # label in plots and tables, e.g. pbrs(grm).
+    name: str = ""
+    # reward source spec (grm:<dir>, vlm:<dir>, perceptual:<dir>) or none.
+    reward: str = "none"
+    shaping: ShapingConfig = field(default_factory=ShapingConfig)
+
+
+@dataclass
+class CompareConfig:
+    """A comparison of reward conditions."""
+
+    # the shared run settings (env, algo, steps, demos, eval cadence ...); reward/shaping come per condition.
+    run: RLConfig = field(default_factory=lambda: RLConfig(env="tabletop/pick-place-v0"))
+    conditions: list[Condition] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    out: str = "runs/compare"
+
+    def __post_init__(self) -> None:
+        if not self.conditions:
+            raise RoboError("no conditions to compare: list them under `conditions:` in the config")
+        for c in self.conditions:
+            replace(self.run, reward=c.reward, shaping=c.shaping).validate()
+        names = [c.name for c in self.conditions]
+        if "" in names or len(set(names)) != len(names):
+            raise RoboError(f"conditions need unique, non-empty names, got {names}")
+
+
+def compare(cfg: CompareConfig) -> dict:
+    out = Path(cfg.out)
+    results: dict[str, list[list[dict]]] = {}
+    for cond in cfg.conditions:
+        results[cond.name] = []
+        for seed in cfg.seeds:
+            run = replace(cfg.run, reward=cond.reward, shaping=cond.shaping, seed=seed,
+                          out=str(out / cond.name / f"seed{seed}"))
+            results[cond.name].append(train(run)["evaluations"])
+    summary = {name: _aggregate(runs) for name, runs in results.items()}
+    (out / "compare.json").parent.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps({"seeds": cfg.seeds, "env": cfg.run.env, "steps": cfg.run.steps,
+                                                  "conditions": summary, "runs": results}, indent=2, default=str))
+    plot_curves(summary, out / "curves.png", cfg.run.env)
+    _table(summary)
+    print(f"report: {out}/ (compare.json, curves.png)")
+    return summary
+
+
+def _aggregate(runs: list[list[dict]]) -> dict:
+    n = min(len(r) for r in runs)
+    succ = np.array([[e["success_rate"] for e in r[:n]] for r in runs])
+    return {"step": [runs[0][k]["step"] for k in range(n)],
+            "train_episodes": np.mean([[e["train_episodes"] for e in r[:n]] for r in runs], 0).tolist(),
+            "success_mean": succ.mean(0).tolist(), "success_std": succ.std(0).tolist(),
+            "false_success_rate": float(np.nanmean([r[n - 1]["false_success_rate"] for r in runs])),
+            "progress_mae": float(np.nanmean([r[n - 1]["progress_mae"] for r in runs]))}
+
+
+def plot_curves(summary: dict, path: Path, title: str) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
+    for name, s in summary.items():
+        m, sd = np.array(s["success_mean"]), np.array(s["success_std"])
+        for ax, x in zip(axes, (s["train_episodes"], s["step"]), strict=True):
+            ax.plot(x, m, label=name)
+            ax.fill_between(x, m - sd, m + sd, alpha=0.2)
+    for ax, xl in zip(axes, ("training episodes", "environment steps"), strict=True):
+        ax.set_xlabel(xl)
+        ax.set_ylabel("success rate (20 deterministic episodes)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _table(summary: dict) -> None:
+    print(f"{'condition':<22}{'final success':>16}{'best':>8}{'false succ':>12}{'MAE':>8}")
+    for name, s in summary.items():
+        print(f"{name:<22}{s['success_mean'][-1]:>10.2f} ± {s['success_std'][-1]:.2f}{max(s['success_mean']):>8.2f}"
+              f"{s['false_success_rate']:>12.2f}{s['progress_mae']:>8.3f}")
