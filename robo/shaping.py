@@ -173,6 +173,8 @@ class RewardVecEnvWrapper(VecEnvWrapper):
         super().__init__(venv)
         contexts = [context] * venv.num_envs if isinstance(context, TaskContext) else list(context)
         self.shaper = _Shaper(model, cfg, contexts)
+        self.last_frames: np.ndarray | None = None  # frames of the current state of every env
+        self.terminal_frames: dict[int, np.ndarray] = {}  # frames of episodes that ended this step
         if cfg.mode is ShapingMode.sparse and cfg.success_source is SuccessSource.env:
             self._require_success_signal()
 
@@ -187,6 +189,7 @@ class RewardVecEnvWrapper(VecEnvWrapper):
         obs = self.venv.reset()
         frames = np.stack([i["frames"] for i in self.venv.reset_infos])
         self.shaper.reset(range(self.num_envs), frames)
+        self.last_frames = frames
         return obs
 
     def step_wait(self):
@@ -200,9 +203,18 @@ class RewardVecEnvWrapper(VecEnvWrapper):
             info["original_env_rew"] = float(env_reward[k])
             info.pop("frames", None)
         ended = np.flatnonzero(dones)
+        self.terminal_frames = {int(k): frames[k] for k in ended}
+        self.last_frames = frames.copy()
         if len(ended):
-            self.shaper.reset(ended, np.stack([self.venv.reset_infos[k]["frames"] for k in ended]))
+            first = np.stack([self.venv.reset_infos[k]["frames"] for k in ended])
+            self.shaper.reset(ended, first)
+            self.last_frames[ended] = first
         return obs, reward, dones, infos
+
+    def resync_model(self) -> None:
+        """Re-start the model's per-env state from the current frames (after its weights changed)."""
+        if self.last_frames is not None:
+            self.shaper.reset(range(self.num_envs), self.last_frames)
 
 
 class ShapedRewardWrapper(gym.Wrapper):

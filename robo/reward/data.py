@@ -91,17 +91,21 @@ class PairSampler:
     """
 
     def __init__(self, urls: list[str], views: tuple[str, ...], cfg: SamplerConfig | None = None, seed: int = 0,
-                 episode_filter=None, resolution: int | None = None):
+                 episode_filter=None, resolution: int | None = None, outcome_urls: list[str] = ()):
         self.cfg = cfg or SamplerConfig()
         self.resolution = resolution  # cache frames pre-resized to the encoder's input side
         self.rng = np.random.default_rng(seed)
         self.views = tuple(views)
         self.tasks = [self._open(url, episode_filter) for url in urls]
+        # Outcome-only stores (e.g. labelled RL episodes): their reference demos come from
+        # a task of the same env among ``urls``.
+        self.tasks += [self._open(url, None, demos_required=False) for url in outcome_urls]
+        self.demo_tasks = [t for t in self.tasks if t.demo_ids]
         self.hist = np.ones(10)  # running histogram of hop values, for balancing
         self._batches = 0
 
     # ------------------------------------------------------------------ set-up
-    def _open(self, url: str, episode_filter) -> _Task:
+    def _open(self, url: str, episode_filter, demos_required: bool = True) -> _Task:
         store = EpisodeStore.open(url)
         missing = [v for v in self.views if v not in store.views]
         if missing:
@@ -111,9 +115,9 @@ class PairSampler:
             metas = [m for m in metas if episode_filter(url, m)]
         demos = [m.index for m in metas if m.policy == "expert" and m.outcome == "success"]
         rollouts = [m.index for m in metas if m.policy != "expert"]
-        if not demos:
+        if not demos and demos_required:
             raise RoboError(f"{url} has no successful expert demonstrations to train on")
-        stages = max(int(store.episode(i).stage.max()) for i in demos[:5]) + 1
+        stages = max([int(store.episode(i).stage.max()) for i in demos[:5]] or [0]) + 1
         self._view_idx = {url: [store.views.index(v) for v in self.views]}
         return _Task(store, url, demos, rollouts, stages)
 
@@ -208,8 +212,15 @@ class PairSampler:
         """A rollout's final frame, its outcome, and a reference context: (frames, row, label)."""
         ri = int(self.rng.choice(task.rollout_ids))
         last, success, text = self._rollout_end(task, ri)
-        ref = self._pick_demo(task)[1]
+        ref_task = task if task.demo_ids else self._same_env_demo_task(task)
+        ref = self._pick_demo(ref_task)[1]
         return [ref.frames[0], ref.frames[-1], last], (0, 1, 1, 2), float(success), text
+
+    def _same_env_demo_task(self, task: _Task) -> _Task:
+        for t in self.demo_tasks:
+            if t.store.env_id == task.store.env_id:
+                return t
+        raise RoboError(f"{task.url} holds only rollouts and no store of {task.store.env_id} has demonstrations")
 
     def sample(self, groups: int) -> dict:
         """A batch of ``groups`` groups (about ``groups * pairs_per_group`` pairs).
@@ -222,7 +233,7 @@ class PairSampler:
         frames, rows, texts, outcome_rows, outcome_labels = [], [], [], [], []
         for _ in range(groups):
             task = self.tasks[int(self.rng.integers(len(self.tasks)))]
-            if task.rollout_ids and self.rng.random() < self.cfg.p_outcome:
+            if task.rollout_ids and (not task.demo_ids or self.rng.random() < self.cfg.p_outcome):
                 f, row, label, text = self._outcome_group(task)
                 base = len(frames)
                 frames += f

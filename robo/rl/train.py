@@ -60,6 +60,12 @@ class RLConfig:
     out: str = ""
     # torch threads (0: leave torch's default).
     threads: int = 1
+    # reward-refinement loop: adapt the GRM on episodes whose outcome contradicts it.
+    refine: bool = False
+    # refinement cadence (env steps), minimum contradicting episodes, adaptation steps.
+    refine_every: int = 2000
+    refine_min_episodes: int = 2
+    refine_steps: int = 150
 
     def __post_init__(self) -> None:
         self.algo = Algo(self.algo)
@@ -73,6 +79,8 @@ class RLConfig:
         needs_model = self.shaping.mode in (ShapingMode.pbrs, ShapingMode.naive) or self.shaping.success_source == "model"
         if needs_model and self.reward == "none":
             raise RoboError(f"--shaping.mode {self.shaping.mode.value} needs a reward model: pass --reward grm:<dir>")
+        if self.refine and (not self.reward.startswith("grm:") or not self.demos):
+            raise RoboError("--refine true adapts a GRM: pass --reward grm:<dir> and --demos <store>")
 
     @property
     def out_dir(self) -> Path:
@@ -176,11 +184,22 @@ def train(cfg: RLConfig) -> dict:
                                   cfg.eval_episodes, out / "eval.json", seed=cfg.seed + 777)
     eval_cb.evaluate_now(algo, step=0)  # the warm-started policy's success before RL
     ckpt = CheckpointCallback(save_freq=max(cfg.eval_every // cfg.n_envs, 1), save_path=str(out / "checkpoints"))
-    algo.learn(cfg.steps, callback=CallbackList([eval_cb, ckpt]), progress_bar=True, tb_log_name="rl")
+    callbacks = [eval_cb, ckpt]
+    refine_cb = None
+    if cfg.refine:
+        from robo.rl.refine import RefineCallback
+
+        refine_cb = RefineCallback(venv, model, cfg.demos, out, every=cfg.refine_every,
+                                   min_episodes=cfg.refine_min_episodes, adapt_steps=cfg.refine_steps, env_id=cfg.env)
+        callbacks.append(refine_cb)
+    algo.learn(cfg.steps, callback=CallbackList(callbacks), progress_bar=True, tb_log_name="rl")
+    if refine_cb is not None:
+        model.model.save_pretrained(out / "refined_model")
     algo.save(out / "final_policy")
     summary = {"config": json.loads(json.dumps(asdict(cfg), default=str)), "warm_start": warm,
                "evaluations": eval_cb.history, "wall_time_s": round(time.time() - t0, 1),
-               "hacking_watch": eval_cb.watch_summary()}
+               "hacking_watch": eval_cb.watch_summary(),
+               "refinement": refine_cb.history if refine_cb is not None else None}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     venv.close()
     last = eval_cb.history[-1]["success_rate"] if eval_cb.history else float("nan")

@@ -1,5 +1,6 @@
 """`robo rl train`: smoke runs (SAC with BC warm start and PBRS from a tiny GRM, PPO sparse), bad input."""
 
+
 import json
 
 import pytest
@@ -62,3 +63,30 @@ def test_compare_writes_curves_and_table(tmp_path):
     result = json.loads((out / "compare.json").read_text())
     assert set(result["conditions"]) == {"sparse", "oracle"} and result["seeds"] == [0, 1]
     assert (out / "curves.png").stat().st_size > 5000
+
+
+def test_refinement_loop_adapts_the_model_on_contradicting_episodes(demos_and_model, tmp_path):
+    """A GRM biased to call everything a success fires on failed episodes; refinement must run."""
+    import torch
+
+    from models.grm.model import GRM
+
+    demos, model = demos_and_model
+    biased = tmp_path / "biased"
+    grm = GRM.from_pretrained(model)
+    with torch.no_grad():  # every hop = +1: progress 1 everywhere, "success" at every step
+        grm.head[-1].weight.zero_()
+        grm.head[-1].bias.fill_(-30.0)
+        grm.head[-1].bias[-1] = 30.0
+    grm.save_pretrained(biased)
+    out = tmp_path / "refine"
+    assert main(["rl", "train", "--env", "tabletop/reach-v0", "--reward", f"grm:{biased}", "--shaping.mode", "pbrs",
+                 "--shaping.success_source", "model", "--demos", demos, "--steps", "80", "--eval_every", "80",
+                 "--eval_episodes", "1", "--bc_epochs", "0", "--max_episode_steps", "10", "--refine", "true",
+                 "--refine_every", "40", "--refine_min_episodes", "1", "--refine_steps", "3", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    records = summary["refinement"]
+    assert records and records[0]["false_success_rate_before"] > 0.5 and records[0]["refined"]
+    assert "false_success_rate_after" in records[-1]
+    refined = GRM.from_pretrained(out / "refined_model")
+    assert not torch.equal(refined.head[-1].bias, grm.head[-1].bias)

@@ -1,0 +1,116 @@
+"""Reward-refinement loop: RL episodes whose outcome contradicts the model refine the model.
+
+During training every finished episode is checked: the model's success detection fired
+but the environment (or, on a robot, the operator) says it failed, or the other way
+round. Those episodes' final frames join the reward model's data as outcome-labelled
+rollouts (an episode store beside the run), the model is adapted on them together with
+the demonstrations (outcome loss + hop pairs, anchored to its current weights), and
+training continues with the refined model. The false-success rate of each window is
+reported before and after every refinement.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+
+from robo.store import Episode, EpisodeStore
+
+log = logging.getLogger(__name__)
+
+
+class RefineCallback(BaseCallback):
+    """Collects contradicting episodes; every ``every`` steps adapts the GRM on them."""
+
+    def __init__(self, wrapper, progress_model, demos_url: str, out: Path, every: int = 2000,
+                 min_episodes: int = 2, adapt_steps: int = 150, anchor: float = 1e-2, env_id: str = ""):
+        super().__init__()
+        self.wrapper, self.pm, self.demos_url = wrapper, progress_model, demos_url
+        self.out, self.every, self.min_episodes = Path(out), every, min_episodes
+        self.adapt_steps, self.anchor, self.env_id = adapt_steps, anchor, env_id
+        self._next = every
+        self._ep: dict[int, dict] = {}
+        self.window = {"episodes": 0, "env_failures": 0, "false_successes": 0}
+        self.pending: list[tuple[np.ndarray, bool]] = []
+        self.history: list[dict] = []
+        self._store: EpisodeStore | None = None
+
+    def _on_step(self) -> bool:
+        for k, (info, done) in enumerate(zip(self.locals["infos"], self.locals["dones"], strict=True)):
+            ep = self._ep.setdefault(k, {"model": False, "env": False})
+            ep["model"] |= bool(info.get("reward_terms", {}).get("model_success", False))
+            ep["env"] |= bool(info.get("success", False))
+            if done:
+                self._episode_end(k, ep)
+                self._ep[k] = {"model": False, "env": False}
+        if self.num_timesteps >= self._next:
+            self._next += self.every
+            self.refine()
+        return True
+
+    def _episode_end(self, k: int, ep: dict) -> None:
+        self.window["episodes"] += 1
+        if not ep["env"]:
+            self.window["env_failures"] += 1
+            self.window["false_successes"] += int(ep["model"])
+        if ep["model"] != ep["env"] and k in self.wrapper.terminal_frames:
+            self.pending.append((self.wrapper.terminal_frames[k], ep["env"]))
+
+    def window_fsr(self) -> float:
+        w = self.window
+        return w["false_successes"] / w["env_failures"] if w["env_failures"] else float("nan")
+
+    def refine(self) -> dict | None:
+        """Adapt the model if enough contradicting episodes are pending; returns the record."""
+        record = {"step": self.num_timesteps, "false_success_rate_before": self.window_fsr(),
+                  "window_episodes": self.window["episodes"], "added": len(self.pending)}
+        if self.history:
+            self.history[-1]["false_success_rate_after"] = record["false_success_rate_before"]
+        self.window = {"episodes": 0, "env_failures": 0, "false_successes": 0}
+        if len(self.pending) < self.min_episodes:
+            record["refined"] = False
+            self.history.append(record)
+            return record
+        self._write_pending()
+        record["terms"] = self._adapt()
+        record["refined"] = True
+        self.wrapper.resync_model()
+        self.history.append(record)
+        log.info("refined the reward model: %s", record)
+        return record
+
+    def _write_pending(self) -> None:
+        views = tuple(self.pm.views)
+        if self._store is None:
+            self._store = EpisodeStore.create(self.out / "refine_data", views=views, image_size=tuple(self.pm.image_size),
+                                              env_id=self.env_id, state_dim=1, action_dim=1, overwrite=True)
+        for frames, success in self.pending:
+            self._store.append_episode(Episode(
+                frames=frames[None], states=np.zeros((1, 1), np.float32), actions=np.zeros((1, 1), np.float32),
+                env_reward=np.zeros(1, np.float32), success=np.array([success]), stage=np.full(1, -1, np.int16),
+                privileged_progress=np.full(1, np.nan, np.float32), task="", env_id=self.env_id,
+                seed=-1, policy="rl-refine", outcome="success" if success else "failure"))
+        self.pending = []
+
+    def _adapt(self) -> dict:
+        from robo.reward.adapt import l2_anchor
+        from robo.reward.data import PairSampler, SamplerConfig
+        from robo.reward.train import LoopSettings, _encoder_resolution, fit
+
+        grm = self.pm.model
+        sampler = PairSampler([self.demos_url], grm.cfg.views, SamplerConfig(p_outcome=0.5),
+                              seed=self.num_timesteps, resolution=_encoder_resolution(grm.cfg),
+                              outcome_urls=[str(self.out / "refine_data")])
+        anchor = {n: p.detach().clone() for n, p in grm.named_parameters()}
+        terms = fit(grm, sampler, LoopSettings(steps=self.adapt_steps, groups=8, lr=3e-4, warmup=10,
+                                               desc="refine GRM", log_every=10), None,
+                    extra_loss=l2_anchor(anchor, self.anchor))
+        grm.eval()
+        return terms
+
+    def _on_training_end(self) -> None:
+        if self.history:
+            self.history[-1]["false_success_rate_after"] = self.window_fsr()
