@@ -20,7 +20,7 @@ $(BIN)/python:
 
 # Re-install whenever pyproject.toml or this Makefile changes.
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev,lerobot]'
+	$(BIN)/pip install -q -e '.[dev,lerobot,ros2]'
 	# lerobot declares torch<2.11; install it without its pins (its working set is the lerobot extra).
 	$(BIN)/pip install -q --no-deps lerobot==$(LEROBOT_VERSION)
 	touch $(STAMP)

@@ -103,7 +103,9 @@ class FrameBuffer:
     def read_latest(self, max_age_ms: float) -> np.ndarray:
         with self._cond:
             if self._frame is None:
-                raise NoFrameError(f"{self.name}: no frame captured yet: wait for the stream to start")
+                raise NoFrameError(
+                    f"{self.name}: no frame captured yet: wait for the stream to start"
+                )
             age_ms = (time.monotonic() - self._stamp) * 1000
             if age_ms > max_age_ms:
                 raise StaleFrameError(

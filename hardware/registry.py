@@ -44,9 +44,7 @@ CAMERAS: dict[str, str] = {
 
 def _load_class(kind: str, table: dict[str, str], type_name: Any):
     if type_name not in table:
-        raise HardwareConfigError(
-            f"unknown {kind} type {type_name!r}: use one of {sorted(table)}"
-        )
+        raise HardwareConfigError(f"unknown {kind} type {type_name!r}: use one of {sorted(table)}")
     module, _, cls = table[type_name].partition(":")
     return getattr(importlib.import_module(module), cls)
 
@@ -78,7 +76,9 @@ def _read(source: str | Path | dict) -> tuple[dict, str]:
         return dict(source), "config"
     path = Path(source)
     if not path.is_file():
-        raise HardwareConfigError(f"config file {path} not found: check the path (examples in configs/robots/)")
+        raise HardwareConfigError(
+            f"config file {path} not found: check the path (examples in configs/robots/)"
+        )
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -146,7 +146,8 @@ def _register_camera_decoder() -> None:
             concrete = camera_class(type_name).config_class
             if not issubclass(concrete, cls):
                 raise DecodingError(
-                    path, f"camera type {type_name!r} is not allowed here: expected a {cls.__name__}"
+                    path,
+                    f"camera type {type_name!r} is not allowed here: expected a {cls.__name__}",
                 )
         return decode_dataclass(concrete, raw, path)
 

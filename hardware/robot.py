@@ -154,6 +154,7 @@ class Robot(abc.ABC):
         self.id = config.id
         self.robot_type = self.name
         self._lock = threading.RLock()
+        self._held: dict[str, float] | None = None  # the hold action latched by the e-stop
         self.safety = SafetyLayer(
             config.safety, period_s=1.0 / config.control_hz, name=f"{self.name}:{self.id}"
         )
@@ -183,16 +184,21 @@ class Robot(abc.ABC):
         """LeRobot compatibility: drivers that need calibration override this."""
         return True
 
-    def calibrate(self) -> None:
+    def calibrate(self) -> None:  # noqa: B027 - optional hook
         """LeRobot compatibility: calibration lives in ``calibration/``; a no-op here."""
 
-    def configure(self) -> None:
+    def configure(self) -> None:  # noqa: B027 - optional hook
         """LeRobot compatibility: one-time device set-up; a no-op unless overridden."""
 
     @check_if_already_connected
     def connect(self, calibrate: bool = True) -> None:
-        """Open the link; the watchdog (if configured) arms at the first command."""
+        """Open the link; the watchdog (if configured) arms at the first command.
+
+        Args:
+            calibrate: LeRobot's signature; drivers that calibrate interactively use it.
+        """
         self.safety.begin()
+        self._held = None
         self._connect()
         if self.safety.config.watchdog_timeout_s is not None:
             self.safety.start_watchdog(self._watchdog_hold)
@@ -240,16 +246,16 @@ class Robot(abc.ABC):
             self.safety.new_action()
             if self.safety.estopped:
                 logger.warning("%s: e-stop latched, holding position (call reset_estop())", self)
-                sent = self._send_action(self._hold_action())
+                if self._held is None:  # latched while disconnected: latch the position now
+                    self._held = self._hold_action()
+                sent = self._send_action(self._held)
             elif not all(math.isfinite(v) for v in values.values()):
                 bad = sorted(k for k, v in values.items() if not math.isfinite(v))
                 logger.error("%s: action has NaN/inf in %s; rejected, holding position", self, bad)
                 sent = self._send_action(self._hold_action())
             else:
-                safe = self._safe_action(values)
-                sent = self._send_action(safe) if safe is not None else None
-                if sent is None:
-                    sent = self._send_action(self._hold_action())
+                safe = self._safe_action(values)  # None: rejected (workspace), hold instead
+                sent = self._send_action(safe if safe is not None else self._hold_action())
             self.safety.remember(sent, self.joint_keys)
             self.safety.kick_watchdog()
             return sent
@@ -270,6 +276,7 @@ class Robot(abc.ABC):
         """Release the e-stop latch; the next ``send_action`` moves again."""
         with self._lock:
             self.safety.reset_estop()
+            self._held = None
         logger.warning("%s: e-stop reset", self)
 
     @property
@@ -320,9 +327,7 @@ class Robot(abc.ABC):
             try:
                 out[k] = float(np.asarray(action[k], dtype=np.float64).reshape(()))
             except (TypeError, ValueError):
-                raise ActionError(
-                    f"{self}: action[{k!r}]={action[k]!r} is not a number"
-                ) from None
+                raise ActionError(f"{self}: action[{k!r}]={action[k]!r} is not a number") from None
         return out
 
     def _watchdog_hold(self) -> None:
@@ -336,7 +341,8 @@ class Robot(abc.ABC):
         Drivers whose ``_send_action`` does more than command (the sim steps
         physics) override this to only set the hold target.
         """
-        self.safety.remember(self._send_action(self._hold_action()), self.joint_keys)
+        self._held = self._hold_action()
+        self.safety.remember(self._send_action(self._held), self.joint_keys)
 
     def _torque_off(self) -> bool:
         """Turn the motors' torque off; return ``False`` where unsupported (then hold)."""

@@ -55,7 +55,9 @@ class Choice(StrEnum):
             return cls(value)
         except ValueError:
             choices = [m.value for m in cls]
-            raise _config_error(f"{field_name}={value!r} is invalid: use one of {choices}") from None
+            raise _config_error(
+                f"{field_name}={value!r} is invalid: use one of {choices}"
+            ) from None
 
 
 class WorkspaceViolation(Choice):
@@ -89,7 +91,9 @@ class WorkspaceConfig:
             raise _config_error(
                 f"safety.workspace is empty: low {list(self.low)} must be below high {list(self.high)}"
             )
-        self.on_violation = WorkspaceViolation.parse(self.on_violation, "safety.workspace.on_violation")
+        self.on_violation = WorkspaceViolation.parse(
+            self.on_violation, "safety.workspace.on_violation"
+        )
 
 
 @dataclass
@@ -115,7 +119,9 @@ class SafetyConfig:
         for key, lim in self.joint_limits.items():
             lo, hi = (float(v) for v in lim)
             if not lo < hi:
-                raise _config_error(f"safety.joint_limits[{key!r}]={list(lim)}: low must be below high")
+                raise _config_error(
+                    f"safety.joint_limits[{key!r}]={list(lim)}: low must be below high"
+                )
             self.joint_limits[key] = (lo, hi)
         for name in ("max_velocity", "max_relative_target"):
             value = getattr(self, name)
@@ -247,7 +253,9 @@ class SafetyLayer:
     # ------------------------------------------------------------------ watchdog
     def start_watchdog(self, on_timeout: Callable[[], None]) -> None:
         self.stop_watchdog()
-        self._watchdog = Watchdog(self.config.watchdog_timeout_s, on_timeout, f"{self.name}-watchdog")
+        self._watchdog = Watchdog(
+            self.config.watchdog_timeout_s, on_timeout, f"{self.name}-watchdog"
+        )
         self._watchdog.start()
 
     def stop_watchdog(self) -> None:
@@ -270,7 +278,12 @@ class SafetyLayer:
             self.events.append(ClampEvent(key, reason, value, out))
             logger.warning(
                 "%s safety: %s clamped by %s: %.6g -> %.6g (%+.6g)",
-                self.name, key, reason, value, out, out - value,
+                self.name,
+                key,
+                reason,
+                value,
+                out,
+                out - value,
             )
         return out
 
@@ -314,7 +327,11 @@ class SafetyLayer:
                 if present is not None and k in present:
                     v = self.clamp(k, v, present[k] - cap, present[k] + cap, "max_relative_target")
                 else:
-                    logger.warning("%s safety: no measured position of %s, max_relative_target skipped", self.name, k)
+                    logger.warning(
+                        "%s safety: no measured position of %s, max_relative_target skipped",
+                        self.name,
+                        k,
+                    )
             vmax = _per_key(cfg.max_velocity, k)
             ref = self.last_target.get(k, None if present is None else present.get(k))
             if vmax is not None and ref is not None:
@@ -335,7 +352,7 @@ class SafetyLayer:
             p[i] = self.clamp(k, float(p[i]), ws.low[i], ws.high[i], "workspace")
         return p
 
-    def in_workspace(self, point, tol: float = 1e-9) -> bool:
+    def in_workspace(self, point, tol: float = 0.0) -> bool:
         ws = self.config.workspace
         if ws is None:
             return True
@@ -343,7 +360,9 @@ class SafetyLayer:
         return bool(np.all(p >= np.array(ws.low) - tol) and np.all(p <= np.array(ws.high) + tol))
 
     # ------------------------------------------------------------------ internals
-    def _limits(self, key: str, hw_limits: Mapping[str, tuple[float, float]]) -> tuple[float, float]:
+    def _limits(
+        self, key: str, hw_limits: Mapping[str, tuple[float, float]]
+    ) -> tuple[float, float]:
         lo, hi = -math.inf, math.inf
         for lim in (self.config.joint_limits.get(key), hw_limits.get(key)):
             if lim is not None:
@@ -362,9 +381,14 @@ class SafetyLayer:
         if ws.on_violation == "reject" or start is None or not self.in_workspace(fk(start)):
             logger.error(
                 "%s safety: end effector target %s leaves the workspace %s..%s; rejected, holding position",
-                self.name, np.round(tip, 4).tolist(), list(ws.low), list(ws.high),
+                self.name,
+                np.round(tip, 4).tolist(),
+                list(ws.low),
+                list(ws.high),
             )
-            self.events.append(ClampEvent("workspace", "workspace reject", float("nan"), float("nan")))
+            self.events.append(
+                ClampEvent("workspace", "workspace reject", float("nan"), float("nan"))
+            )
             return None
         lo_t, hi_t = 0.0, 1.0  # fk(start) is inside, fk(out) is outside
         for _ in range(30):
@@ -379,7 +403,11 @@ class SafetyLayer:
                 self.events.append(ClampEvent(k, "workspace", out[k], safe[k]))
         logger.warning(
             "%s safety: end effector target %s leaves the workspace %s..%s; motion scaled to %.3f",
-            self.name, np.round(tip, 4).tolist(), list(ws.low), list(ws.high), lo_t,
+            self.name,
+            np.round(tip, 4).tolist(),
+            list(ws.low),
+            list(ws.high),
+            lo_t,
         )
         return safe
 

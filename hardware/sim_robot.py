@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+import sim  # before any mujoco import: it selects the headless GL backend (EGL/OSMesa)
 from hardware.camera import Camera, CameraConfig
 from hardware.robot import HardwareConfigError, Robot, RobotConfig
 from hardware.safety import Choice
@@ -55,6 +56,7 @@ class SimTask(Choice):
 class ActionSpace(Choice):
     JOINT = "joint"
     CARTESIAN = "cartesian"
+
 
 TIMESTEP = 0.002  # the scene's physics step (sim/tabletop/scene.py)
 WINDUP_M = 0.04  # the Cartesian target stays this close to the tool (as the sim env)
@@ -141,7 +143,8 @@ class SimRobot(Robot):
         self.env = None  # the gymnasium env, built at connect()
         self.substeps = max(1, round(1.0 / (config.control_hz * TIMESTEP)))
         self.cameras: dict[str, SimCamera] = {
-            key: SimCamera(cam, robot=self, camera=cam.camera or key) for key, cam in config.cameras.items()
+            key: SimCamera(cam, robot=self, camera=cam.camera or key)
+            for key, cam in config.cameras.items()
         }
         self._cart_target = np.zeros(3)
         self._next_tick: float | None = None
@@ -180,7 +183,6 @@ class SimRobot(Robot):
     def _connect(self) -> None:
         import mujoco
 
-        import sim
         from sim.tabletop.scene import FINGER_OPEN
 
         self.env = sim.make(
@@ -261,13 +263,15 @@ class SimRobot(Robot):
 
     def _hold(self) -> None:
         """Hold the arm where it is (no physics step: time only advances in send_action)."""
-        hold = self._hold_action()
+        hold = self._held = self._hold_action()
         u = self.unwrapped
         u.data.ctrl[:6] = u.data.qpos[u.arm_qadr]
         if self.config.action_space == "joint":
             self.safety.remember(hold, self.joint_keys)
         else:
-            self.safety.remember(self.present_positions() | {"gripper.pos": self._gripper_command()}, self.joint_keys)
+            self.safety.remember(
+                self.present_positions() | {"gripper.pos": self._gripper_command()}, self.joint_keys
+            )
 
     def _safe_action(self, action: dict[str, float]) -> dict[str, float] | None:
         if self.config.action_space == "joint":
@@ -276,11 +280,12 @@ class SimRobot(Robot):
         step = self.config.cartesian_step_m
         ref = self._cart_target
         tcp = self.unwrapped.tcp
-        raw = ref + step * np.array([out["dx"], out["dy"], out["dz"]])
-        raw = np.clip(raw, tcp - WINDUP_M, tcp + WINDUP_M)  # no wind-up while blocked
+        wanted = ref + step * np.array([out["dx"], out["dy"], out["dz"]])
+        raw = np.clip(wanted, tcp - WINDUP_M, tcp + WINDUP_M)  # no wind-up while blocked
         safe = self.safety.clamp_to_workspace(raw)
-        for k, v in zip(CART_KEYS[:3], (safe - ref) / step, strict=True):
-            out[k] = float(v)
+        for i, k in enumerate(CART_KEYS[:3]):
+            if safe[i] != wanted[i]:  # only changed axes are recomputed (no round-off elsewhere)
+                out[k] = float((safe[i] - ref[i]) / step)
         return out
 
     def _send_action(self, action: dict[str, float]) -> dict[str, float]:
@@ -290,6 +295,9 @@ class SimRobot(Robot):
 
             step = self.config.cartesian_step_m
             target = self._cart_target + step * np.array([action["dx"], action["dy"], action["dz"]])
+            ws = self.safety.config.workspace
+            if ws is not None:  # round-off of the delta must not leave the box
+                target = np.clip(target, ws.low, ws.high)
             self._cart_target = target
             q = u.controller.solve(u.data.qpos, target, DOWN)
             joints = {f"{j}.pos": float(v) for j, v in zip(ARM, q, strict=True)}
@@ -327,7 +335,9 @@ class SimCamera(Camera):
     config_class = SimCameraConfig
     name = "sim"
 
-    def __init__(self, config: SimCameraConfig, robot: SimRobot | None = None, camera: str | None = None):
+    def __init__(
+        self, config: SimCameraConfig, robot: SimRobot | None = None, camera: str | None = None
+    ):
         super().__init__(config)
         self.robot = robot
         self.camera = camera or config.camera or "front"
@@ -354,14 +364,16 @@ class SimCamera(Camera):
 
     def _connect(self, warmup: bool) -> None:
         if self.robot is None:
-            import sim
-
-            self._env = sim.make(f"tabletop/{self.config.task}-v0", views=(self.camera,), image_size=16)
+            self._env = sim.make(
+                f"tabletop/{self.config.task}-v0", views=(self.camera,), image_size=16
+            )
             self._env.reset(seed=self.config.seed)
         elif not self.robot.is_connected:
             from hardware.robot import DeviceNotConnectedError
 
-            raise DeviceNotConnectedError(f"{self} belongs to {self.robot}: connect the robot first")
+            raise DeviceNotConnectedError(
+                f"{self} belongs to {self.robot}: connect the robot first"
+            )
         self._open = True
 
     def _disconnect(self) -> None:

@@ -1,8 +1,10 @@
 """`make demo`: the platform's main job, end to end on a multi-stage task.
 
-For now: record expert demonstrations and non-expert rollouts of pick-and-place into
-an episode store and write previews. Later stages (reward model, shaped RL) append
-their steps here.
+1. Record expert demonstrations and non-expert rollouts of pick-and-place.
+2. Train a small GRM on the demonstrations (and outcome-labelled training rollouts).
+3. Evaluate it on held-out rollouts (VOC, MAE, outcomes, EPIC; plots and an MP4).
+4. Train a policy from a behaviour-cloned start with pbrs(GRM) and with the sparse reward.
+5. Write a report folder: plots, JSON, an MP4 of the final policy with its progress overlay.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import draccus
+import numpy as np
 
 from robo.collect import CollectConfig, collect
 from robo.preview import PreviewConfig, preview
@@ -20,7 +23,7 @@ from robo.preview import PreviewConfig, preview
 
 @dataclass
 class DemoConfig:
-    """The main job's settings."""
+    """The main job's settings (defaults: about 15 minutes on 2 CPU cores)."""
 
     # env id of the multi-stage task to run on.
     env: str = "tabletop/pick-place-v0"
@@ -28,32 +31,111 @@ class DemoConfig:
     out: str = "runs/demo"
     # number of expert demonstrations.
     demos: int = 20
-    # rollouts per non-expert policy.
-    rollouts: int = 5
+    # training rollouts per non-expert policy (outcome labels only).
+    train_rollouts: int = 2
+    # held-out evaluation rollouts per non-expert policy.
+    rollouts: int = 3
     # image size in pixels.
     size: int = 96
+    # GRM training steps.
+    grm_steps: int = 1200
+    # RL environment steps per condition.
+    rl_steps: int = 3000
 
 
 NON_EXPERT = ("noisy:0.3", "near-miss", "undo", "half", "random-freeze")
+
+
+def record(cfg: DemoConfig, out: Path) -> tuple[str, str]:
+    demos, eval_store = str(out / "demos"), str(out / "rollouts")
+    collect(CollectConfig(env=cfg.env, episodes=cfg.demos, size=cfg.size, out=demos, seed=0))
+    for k, policy in enumerate(("noisy:0.3", "near-miss", "half", "random-freeze")):
+        collect(CollectConfig(env=cfg.env, episodes=cfg.train_rollouts, size=cfg.size, policy=policy,
+                              out=demos, seed=500 + 100 * k))
+    collect(CollectConfig(env=cfg.env, episodes=cfg.rollouts, size=cfg.size, out=eval_store, seed=5000))
+    for k, policy in enumerate(NON_EXPERT):
+        collect(CollectConfig(env=cfg.env, episodes=cfg.rollouts, size=cfg.size, policy=policy,
+                              out=eval_store, seed=1000 + 100 * k))
+    preview(PreviewConfig(data=demos, episode=0, out=str(out / "demo_ep0.mp4")))
+    return demos, eval_store
+
+
+def train_grm(cfg: DemoConfig, demos: str, out: Path) -> Path:
+    from robo.reward.train import TrainConfig, train
+
+    base = draccus.parse(TrainConfig, config_path="configs/grm/default.yaml", args=["--data", demos])
+    base.out, base.steps = str(out / "grm"), cfg.grm_steps
+    return train(base)
+
+
+def evaluate_grm(model_dir: Path, demos: str, eval_store: str, out: Path) -> dict:
+    from robo.reward.evalcmd import EvalConfig, run_eval
+
+    # thresholds are chosen on the training rollouts (in the demos store) only
+    run_eval(EvalConfig(model=str(model_dir), data=demos, reference=f"{demos}:0", out=str(out / "eval_train"),
+                        calibrate=True, video_episodes=0))
+    return run_eval(EvalConfig(model=str(model_dir), data=eval_store, reference=f"{demos}:0",
+                               out=str(out / "eval"), video_episodes=2, exploit_sequences=16, exploit_starts=1))
+
+
+def train_policies(cfg: DemoConfig, model_dir: Path, demos: str, out: Path) -> dict:
+    from robo.rl.compare import CompareConfig, Condition, compare
+    from robo.rl.train import RLConfig
+    from robo.shaping import ShapingConfig
+
+    run = RLConfig(env=cfg.env, steps=cfg.rl_steps, demos=demos, eval_every=max(cfg.rl_steps // 3, 1),
+                   eval_episodes=10, bc_epochs=300, critic_warmup=300)
+    conditions = [Condition("sparse", "none", ShapingConfig(mode="sparse")),
+                  Condition("pbrs(grm)", f"grm:{model_dir}", ShapingConfig(mode="pbrs"))]
+    return compare(CompareConfig(run=run, conditions=conditions, seeds=[0], out=str(out / "rl")))
+
+
+def policy_video(cfg: DemoConfig, model_dir: Path, demos: str, out: Path) -> Path:
+    """The final pbrs(GRM) policy acting, views side by side, predicted progress drawn over them."""
+    from stable_baselines3 import SAC
+
+    import sim
+    from robo.preview import annotate, write_video
+    from robo.reward.registry import load_progress_model
+    from robo.rl.train import RLConfig, demo_context
+
+    pm = load_progress_model(f"grm:{model_dir}")
+    ctx = demo_context(RLConfig(env=cfg.env, demos=demos), pm)
+    policy = SAC.load(out / "rl" / "pbrs(grm)" / "seed0" / "final_policy")
+    env = sim.make(cfg.env, views=pm.views, image_size=pm.image_size[0])
+    obs, info = env.reset(seed=4242)
+    frames = env.unwrapped.render_views()
+    phi = float(pm.reset([0], [ctx], frames[None]).progress[0])
+    video = []
+    for t in range(160):
+        tiled = np.ascontiguousarray(np.kron(np.concatenate(list(frames), 1), np.ones((2, 2, 1), np.uint8)))
+        video.append(annotate(tiled, [f"t={t} progress={phi:.2f}", "SUCCESS" if info.get("success") else ""]))
+        obs, _, term, trunc, info = env.step(policy.predict(obs, deterministic=True)[0])
+        frames = env.unwrapped.render_views()
+        phi = float(pm.predict(frames[None], [0]).progress[0])
+        if term or trunc:
+            break
+    env.close()
+    return write_video(out / "policy_pbrs.mp4", np.stack(video), fps=20)
 
 
 def run(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    demos = str(out / "demos")
-    eval_store = str(out / "rollouts")
-    collect(CollectConfig(env=cfg.env, episodes=cfg.demos, size=cfg.size, out=demos, seed=0))
-    for k, policy in enumerate(NON_EXPERT):
-        collect(CollectConfig(env=cfg.env, episodes=cfg.rollouts, size=cfg.size, policy=policy,
-                              out=eval_store, seed=1000 + 100 * k))
-    previews = [str(preview(PreviewConfig(data=demos, episode=0, out=str(out / "demo_ep0.mp4"))))]
-    for i in range(0, cfg.rollouts * len(NON_EXPERT), cfg.rollouts):
-        previews.append(str(preview(PreviewConfig(data=eval_store, episode=i, out=str(out / f"rollout_ep{i}.mp4")))))
-    report = {"env": cfg.env, "demos": demos, "rollouts": eval_store, "previews": previews,
-              "wall_time_s": round(time.time() - t0, 1)}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    print(f"\ndemo done in {report['wall_time_s']} s: report in {out}/ (report.json, *.mp4)")
+    demos, eval_store = record(cfg, out)
+    model_dir = train_grm(cfg, demos, out)
+    grm_eval = evaluate_grm(model_dir, demos, eval_store, out)
+    rl = train_policies(cfg, model_dir, demos, out)
+    video = policy_video(cfg, model_dir, demos, out)
+    keys = ("voc", "progress_mae", "progress_pearson", "outcome_accuracy", "false_success_rate", "epic_distance")
+    report = {"env": cfg.env, "demos": demos, "rollouts": eval_store, "grm": str(model_dir),
+              "grm_eval": {k: grm_eval.get(k) for k in keys},
+              "rl_final_success": {k: v["success_mean"][-1] for k, v in rl.items()},
+              "policy_video": str(video), "wall_time_s": round(time.time() - t0, 1)}
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"\ndemo done in {report['wall_time_s']} s: report in {out}/ "
+          "(report.json, eval/ plots and videos, rl/curves.png, policy_pbrs.mp4)")
     return report
 
 

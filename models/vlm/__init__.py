@@ -21,11 +21,15 @@ def load_config(path: str | Path) -> VLMConfig:
 
     path = Path(path)
     if not path.is_file():
-        raise ModelInputError(f"VLM config {path} not found: give a YAML file of VLMConfig fields or a saved model folder")
+        raise ModelInputError(
+            f"VLM config {path} not found: give a YAML file of VLMConfig fields or a saved model folder"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ModelInputError(f"{path} is not valid YAML ({type(e).__name__}): fix the file") from None
+        raise ModelInputError(
+            f"{path} is not valid YAML ({type(e).__name__}): fix the file"
+        ) from None
     if not isinstance(data, dict):
         raise ModelInputError(f"{path} must hold a mapping of VLMConfig fields")
     return VLMConfig.from_dict(data.get("model", data))
@@ -39,4 +43,13 @@ def load(arg: str, device: str = "cpu") -> VLMReward:
     return VLMReward.from_config(load_config(path), device=device)
 
 
-__all__ = ["VLMReward", "VLMConfig", "TargetMode", "Fusion", "load", "load_config", "create_clip", "default_weights_path"]
+__all__ = [
+    "VLMReward",
+    "VLMConfig",
+    "TargetMode",
+    "Fusion",
+    "load",
+    "load_config",
+    "create_clip",
+    "default_weights_path",
+]

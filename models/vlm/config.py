@@ -85,15 +85,21 @@ class VLMConfig:
         except ValueError as e:
             raise ModelInputError(f"VLMConfig: {e}") from None
         if not self.arch:
-            raise ModelInputError("VLMConfig.arch is empty: name an open_clip architecture such as ViT-B-32")
+            raise ModelInputError(
+                "VLMConfig.arch is empty: name an open_clip architecture such as ViT-B-32"
+            )
         if not self.views:
             raise ModelInputError("VLMConfig.views is empty: name the camera views the model sees")
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise ModelInputError(f"VLMConfig.image_size={self.image_size} must be (H, W)")
         if not 0.0 <= self.alpha <= 1.0:
-            raise ModelInputError(f"VLMConfig.alpha={self.alpha} must lie in [0, 1] (0: cosine, 1: full projection)")
+            raise ModelInputError(
+                f"VLMConfig.alpha={self.alpha} must lie in [0, 1] (0: cosine, 1: full projection)"
+            )
         if not 0.0 <= self.success_delta < 1.0:
-            raise ModelInputError(f"VLMConfig.success_delta={self.success_delta} must lie in [0, 1)")
+            raise ModelInputError(
+                f"VLMConfig.success_delta={self.success_delta} must lie in [0, 1)"
+            )
         if self.clip_image_size is not None and self.clip_image_size < 8:
             raise ModelInputError(f"VLMConfig.clip_image_size={self.clip_image_size} is too small")
         if self.mode is TargetMode.text:
@@ -104,9 +110,13 @@ class VLMConfig:
         for name in ("target_prompts", "baseline_prompts"):
             prompts = getattr(self, name)
             if not prompts or not all(p.strip() for p in prompts):
-                raise ModelInputError(f"VLMConfig.{name} is empty or has a blank prompt: give at least one prompt")
+                raise ModelInputError(
+                    f"VLMConfig.{name} is empty or has a blank prompt: give at least one prompt"
+                )
         if set(self.target_prompts) == set(self.baseline_prompts):
-            raise ModelInputError("VLMConfig: baseline prompts equal the target prompts (d = g - b = 0): describe a neutral baseline")
+            raise ModelInputError(
+                "VLMConfig: baseline prompts equal the target prompts (d = g - b = 0): describe a neutral baseline"
+            )
 
     def _check_views(self) -> None:
         if self.fusion is Fusion.weighted:
@@ -116,12 +126,18 @@ class VLMConfig:
                     f"VLMConfig.view_weights={w}: weighted fusion needs {len(self.views)} non-negative weights with a positive sum"
                 )
         elif self.view_weights:
-            raise ModelInputError(f"VLMConfig.view_weights are only used with fusion=weighted, not {self.fusion.value}")
+            raise ModelInputError(
+                f"VLMConfig.view_weights are only used with fusion=weighted, not {self.fusion.value}"
+            )
         if self.calibration:
             if len(self.calibration) not in (1, len(self.views)):
-                raise ModelInputError(f"VLMConfig.calibration needs 1 or {len(self.views)} (r_start, r_goal) pairs")
+                raise ModelInputError(
+                    f"VLMConfig.calibration needs 1 or {len(self.views)} (r_start, r_goal) pairs"
+                )
             if any(abs(hi - lo) < 1e-6 for lo, hi in self.calibration):
-                raise ModelInputError("VLMConfig.calibration has r_start == r_goal: recalibrate on frames that differ")
+                raise ModelInputError(
+                    "VLMConfig.calibration has r_start == r_goal: recalibrate on frames that differ"
+                )
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -55,7 +55,9 @@ def resolve_weights(arch: str, tag: str, weights: str) -> Path | None:
     if weights:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise ModelInputError(f"{arch} weights not found at {path}: download {what} to {path} or pass weights=<path>")
+            raise ModelInputError(
+                f"{arch} weights not found at {path}: download {what} to {path} or pass weights=<path>"
+            )
         return path
     default = default_weights_path(arch, tag)
     for suffix in WEIGHT_SUFFIXES:
@@ -64,7 +66,9 @@ def resolve_weights(arch: str, tag: str, weights: str) -> Path | None:
     cached = _hf_cached(arch, tag)
     if cached is not None:
         return cached
-    raise ModelInputError(f"{arch} weights not found at {default}: download {what} to {default} or pass weights=<path>")
+    raise ModelInputError(
+        f"{arch} weights not found at {default}: download {what} to {default} or pass weights=<path>"
+    )
 
 
 def create_clip(arch: str, tag: str = "", weights: str = "", image_size: int | None = None):
@@ -83,12 +87,18 @@ def create_clip(arch: str, tag: str = "", weights: str = "", image_size: int | N
     path = resolve_weights(arch, tag, weights)
     # pretrained_text/image=False: an HF or timm tower must not fetch its own base weights.
     model = open_clip.create_model(
-        arch, pretrained=None, pretrained_image=False, pretrained_text=False, force_image_size=image_size
+        arch,
+        pretrained=None,
+        pretrained_image=False,
+        pretrained_text=False,
+        force_image_size=image_size,
     )
     if path is not None:
         _load(model, path, arch)
     else:
-        logging.getLogger(__name__).warning("VLM reward: %s is randomly initialised (weights=%r)", arch, RANDOM)
+        logging.getLogger(__name__).warning(
+            "VLM reward: %s is randomly initialised (weights=%r)", arch, RANDOM
+        )
     return model.eval(), path
 
 
@@ -114,7 +124,9 @@ def _load(model, path: Path, arch: str) -> None:
         open_clip.load_checkpoint(model, str(path), strict=True)
     except Exception as e:  # noqa: BLE001 - shape mismatches surface as RuntimeError or AssertionError
         if not _readable(path):
-            raise ModelInputError(f"{path} is not a readable weights file ({type(e).__name__}): re-download it") from None
+            raise ModelInputError(
+                f"{path} is not a readable weights file ({type(e).__name__}): re-download it"
+            ) from None
         lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
         detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__)[:120]
         raise ModelInputError(

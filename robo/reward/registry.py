@@ -1,6 +1,8 @@
 """One registry of reward sources: a spec string picks the progress model.
 
-    grm:<dir>            a trained General Reward Model folder
+    grm:<dir>               a trained General Reward Model folder
+    vlm:<config.yaml|dir>   zero-shot CLIP goal-baseline reward (VLM-RM): a VLMConfig YAML or a saved folder
+    perceptual:<dir>        a perceptual reward fitted from a few demos (models.perceptual.fit)
 """
 
 from __future__ import annotations
@@ -29,6 +31,20 @@ def _grm(path: str):
     from models.grm.inference import GRMProgressModel
 
     return GRMProgressModel.from_pretrained(path)
+
+
+@register("vlm")
+def _vlm(arg: str):
+    from models.vlm import load
+
+    return load(arg)
+
+
+@register("perceptual")
+def _perceptual(path: str):
+    from models.perceptual import load
+
+    return load(path)
 
 
 def load_progress_model(spec: str):

@@ -26,8 +26,20 @@ BASELINE = ("a robot arm on a table",)
 def tiny_cfg(width=64, embed=32):
     return {
         "embed_dim": embed,
-        "vision_cfg": {"image_size": SIZE, "layers": 2, "width": width, "patch_size": 16, "head_width": 32},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": width, "heads": 2, "layers": 2},
+        "vision_cfg": {
+            "image_size": SIZE,
+            "layers": 2,
+            "width": width,
+            "patch_size": 16,
+            "head_width": 32,
+        },
+        "text_cfg": {
+            "context_length": 16,
+            "vocab_size": 49408,
+            "width": width,
+            "heads": 2,
+            "layers": 2,
+        },
     }
 
 
@@ -42,8 +54,15 @@ def clip(tmp_path_factory):
 
 
 def make(clip, **kw):
-    base = dict(arch=TINY, pretrained="", weights="random", views=VIEWS, image_size=(SIZE, SIZE),
-                target_prompts=TARGET, baseline_prompts=BASELINE)
+    base = dict(
+        arch=TINY,
+        pretrained="",
+        weights="random",
+        views=VIEWS,
+        image_size=(SIZE, SIZE),
+        target_prompts=TARGET,
+        baseline_prompts=BASELINE,
+    )
     return VLMReward(VLMConfig(**{**base, **kw}), clip=clip)
 
 
@@ -61,7 +80,9 @@ def hand_embed(clip, f):
 
 def hand_text(clip, prompts):
     with torch.no_grad():
-        return F.normalize(clip.encode_text(open_clip.tokenize(list(prompts), context_length=16)), dim=-1)
+        return F.normalize(
+            clip.encode_text(open_clip.tokenize(list(prompts), context_length=16)), dim=-1
+        )
 
 
 def test_formula_matches_hand_computation(clip):
@@ -86,7 +107,9 @@ def test_alpha_zero_is_cosine_and_alpha_one_is_projection(clip):
     x = hand_embed(clip, f.reshape(-1, SIZE, SIZE, 3)).view(2, 2, -1)
     m0 = make(clip, alpha=0.0, target_prompts=target, calibration=[[0.0, 1.0]])
     m0.reset(range(2), [TaskContext()] * 2, f)
-    torch.testing.assert_close(m0.rewards(f), x @ g, atol=1e-5, rtol=1e-5)  # |g| = 1: cosine similarity
+    torch.testing.assert_close(
+        m0.rewards(f), x @ g, atol=1e-5, rtol=1e-5
+    )  # |g| = 1: cosine similarity
     m1 = make(clip, alpha=1.0, target_prompts=target, calibration=[[0.0, 1.0]])
     m1.reset(range(2), [TaskContext()] * 2, f)
     dhat = (g - b) / (g - b).norm()
@@ -125,7 +148,9 @@ def test_text_embeddings_are_cached_and_images_batched(clip, monkeypatch):
 
 def test_preprocessing_matches_open_clip_transform(clip):
     rng = np.random.default_rng(0)
-    f = np.clip(np.cumsum(np.cumsum(rng.normal(0, 6, (48, 64, 3)), axis=0), axis=1) / 4 + 128, 0, 255).astype(np.uint8)
+    f = np.clip(
+        np.cumsum(np.cumsum(rng.normal(0, 6, (48, 64, 3)), axis=0), axis=1) / 4 + 128, 0, 255
+    ).astype(np.uint8)
     ref = open_clip.image_transform(SIZE, is_train=False)(Image.fromarray(f))
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
@@ -133,7 +158,9 @@ def test_preprocessing_matches_open_clip_transform(clip):
     assert ours.shape == ref.shape
     # same resize + crop + normalisation (PIL vs torch bicubic differ a little)
     assert (ours - ref).abs().mean() < 0.05 * ref.std()
-    assert (preprocess(torch.from_numpy(f)[None, :, :48], SIZE, mean, std, "bicubic")[0] - ref).abs().mean() > 0.2 * ref.std()
+    assert (
+        preprocess(torch.from_numpy(f)[None, :, :48], SIZE, mean, std, "bicubic")[0] - ref
+    ).abs().mean() > 0.2 * ref.std()
 
 
 def goal_setup(clip, **kw):
@@ -159,21 +186,28 @@ def test_goal_image_variant_is_zero_at_start_and_one_at_goal(clip):
     assert model.predict(demo[1:], env_indices=[1]).progress.item() == pytest.approx(1.0, abs=1e-4)
 
 
-@pytest.mark.parametrize(("fusion", "weights", "want"), [("mean", (), 0.5), ("max", (), 1.0), ("weighted", (3.0, 1.0), 0.75)])
+@pytest.mark.parametrize(
+    ("fusion", "weights", "want"),
+    [("mean", (), 0.5), ("max", (), 1.0), ("weighted", (3.0, 1.0), 0.75)],
+)
 def test_multi_view_fusion(clip, fusion, weights, want):
     model, demo, ctx = goal_setup(clip, fusion=fusion, view_weights=weights)
     model.reset([0], [ctx], demo[:1])
     mixed = np.stack([demo[1][0], demo[0][1]])[None]  # front at the goal, wrist at the start
     assert model.predict(mixed).progress.item() == pytest.approx(want, abs=1e-4)
     # one view only: fused over the given views
-    assert model.predict(demo[1:, 1:], views=("wrist",)).progress.item() == pytest.approx(1.0, abs=1e-4)
+    assert model.predict(demo[1:, 1:], views=("wrist",)).progress.item() == pytest.approx(
+        1.0, abs=1e-4
+    )
 
 
 def test_text_mode_normalises_with_reference_frames_or_calibration(clip):
     f = frames(2, seed=5)
     model = make(clip)
     model.reset([0], [TaskContext(start_frames=f[0], goal_frames=f[1])], f[:1])
-    assert model.predict(f, env_indices=[0, 0]).progress.tolist() == pytest.approx([0.0, 1.0], abs=1e-4)
+    assert model.predict(f, env_indices=[0, 0]).progress.tolist() == pytest.approx(
+        [0.0, 1.0], abs=1e-4
+    )
     with pytest.raises(ModelInputError, match="calibration"):
         model.reset([1], [TaskContext(text="pick")], f[:1])
     cfg = model.calibrate(f[:1], f[1:])
@@ -187,8 +221,12 @@ def test_text_from_context(clip, monkeypatch):
     f = frames(2)
     model.reset([0, 1], [TaskContext(text="stack the red cube"), TaskContext()], f)
     g_ctx = model._state[0]["g"][0]
-    torch.testing.assert_close(g_ctx, hand_text(clip, ["stack the red cube"])[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(model._state[1]["g"][0], hand_text(clip, TARGET).mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        g_ctx, hand_text(clip, ["stack the red cube"])[0], atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        model._state[1]["g"][0], hand_text(clip, TARGET).mean(0), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_save_load_round_trip(clip, tmp_path):
@@ -198,7 +236,9 @@ def test_save_load_round_trip(clip, tmp_path):
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
     assert meta["config"]["arch"] == TINY and meta["config"]["weights"] == "clip.safetensors"
     again = load(str(tmp_path / "m"))
-    assert again.cfg == model.cfg.__class__(**{**model.cfg.to_dict(), "weights": str(tmp_path / "m" / "clip.safetensors")})
+    assert again.cfg == model.cfg.__class__(
+        **{**model.cfg.to_dict(), "weights": str(tmp_path / "m" / "clip.safetensors")}
+    )
     f = frames(3, seed=7)
     for m in (model, again):
         m.reset(range(3), [TaskContext()] * 3, f)
@@ -206,35 +246,69 @@ def test_save_load_round_trip(clip, tmp_path):
     torch.testing.assert_close(again.predict(f).progress, model.predict(f).progress)
     # a model built from a weights file references it instead of copying it
     save_file(state_dict_cpu(clip), str(tmp_path / "tiny.safetensors"))
-    from_file = VLMReward(VLMConfig(**{**model.cfg.to_dict(), "weights": str(tmp_path / "tiny.safetensors")}))
+    from_file = VLMReward(
+        VLMConfig(**{**model.cfg.to_dict(), "weights": str(tmp_path / "tiny.safetensors")})
+    )
     from_file.save_pretrained(tmp_path / "ref")
     assert [p.name for p in (tmp_path / "ref").iterdir()] == ["config.json"]
-    assert json.loads((tmp_path / "ref" / "config.json").read_text())["config"]["weights"] == str(tmp_path / "tiny.safetensors")
+    assert json.loads((tmp_path / "ref" / "config.json").read_text())["config"]["weights"] == str(
+        tmp_path / "tiny.safetensors"
+    )
     from_file.reset(range(3), [TaskContext()] * 3, f)
     torch.testing.assert_close(from_file.rewards(f), model.rewards(f))
+
+
+def test_clip_input_size_is_configurable(clip, tmp_path):
+    save_file(state_dict_cpu(clip), str(tmp_path / "tiny.safetensors"))
+    model = VLMReward(
+        VLMConfig(
+            arch=TINY,
+            pretrained="",
+            weights=str(tmp_path / "tiny.safetensors"),
+            clip_image_size=48,
+            views=VIEWS,
+            image_size=(40, 40),
+            calibration=[[0.0, 1.0]],
+        )
+    )
+    assert model.clip_size == 48 and model.image_size == (40, 40)
+    f = frames(2, size=40)
+    model.reset(range(2), [TaskContext()] * 2, f)  # 40 px frames resized to 48 inside the model
+    assert torch.isfinite(model.rewards(f)).all() and model.predict(f).progress.shape == (2,)
 
 
 def test_offline_missing_weights_say_where_to_put_them(clip, tmp_path, monkeypatch):
     monkeypatch.setenv("ROBO_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setattr("models.vlm.weights._hf_cached", lambda arch, tag: None)
     want = tmp_path / "open_clip" / "ViT-B-32_laion2b_s34b_b79k.safetensors"
-    with pytest.raises(ModelInputError, match=r"ViT-B-32 weights not found at .*: download open_clip's ViT-B-32 \(laion2b_s34b_b79k\)") as e:
+    with pytest.raises(
+        ModelInputError,
+        match=r"ViT-B-32 weights not found at .*: download open_clip's ViT-B-32 \(laion2b_s34b_b79k\)",
+    ) as e:
         VLMReward(VLMConfig())
-    assert str(want) in str(e.value) and "weights=<path>" in str(e.value) and "\n" not in str(e.value)
+    assert (
+        str(want) in str(e.value) and "weights=<path>" in str(e.value) and "\n" not in str(e.value)
+    )
     with pytest.raises(ModelInputError, match="not found at /nowhere/clip.bin"):
         VLMReward(VLMConfig(weights="/nowhere/clip.bin"))
     # a file at the default place is picked up
     save_file(state_dict_cpu(clip), str(tmp_path / "tiny.safetensors"))
     (tmp_path / "open_clip").mkdir()
     (tmp_path / "tiny.safetensors").rename(tmp_path / "open_clip" / f"{TINY}_mytag.safetensors")
-    model = VLMReward(VLMConfig(arch=TINY, pretrained="mytag", views=VIEWS, image_size=(SIZE, SIZE)))
+    model = VLMReward(
+        VLMConfig(arch=TINY, pretrained="mytag", views=VIEWS, image_size=(SIZE, SIZE))
+    )
     assert model.weights_path.name == f"{TINY}_mytag.safetensors"
 
 
 def test_weights_of_another_architecture(clip, tmp_path):
     save_file(state_dict_cpu(clip), str(tmp_path / "tiny.safetensors"))
-    with pytest.raises(ModelInputError, match=f"holds weights for another architecture than {TINY_WIDE}"):
-        VLMReward(VLMConfig(arch=TINY_WIDE, pretrained="", weights=str(tmp_path / "tiny.safetensors")))
+    with pytest.raises(
+        ModelInputError, match=f"holds weights for another architecture than {TINY_WIDE}"
+    ):
+        VLMReward(
+            VLMConfig(arch=TINY_WIDE, pretrained="", weights=str(tmp_path / "tiny.safetensors"))
+        )
     (tmp_path / "junk.bin").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelInputError, match="not a readable weights file"):
         VLMReward(VLMConfig(arch=TINY, pretrained="", weights=str(tmp_path / "junk.bin")))
@@ -242,16 +316,19 @@ def test_weights_of_another_architecture(clip, tmp_path):
         VLMReward(VLMConfig(arch="ViT-Nope", weights="random"))
 
 
-@pytest.mark.parametrize(("kw", "match"), [
-    (dict(target_prompts=()), "target_prompts is empty"),
-    (dict(baseline_prompts=[" "]), "baseline_prompts is empty or has a blank"),
-    (dict(baseline_prompts=TARGET), "d = g - b = 0"),
-    (dict(alpha=1.5), r"alpha=1.5 must lie in \[0, 1\]"),
-    (dict(alpha=-0.1), "alpha"),
-    (dict(fusion="weighted", view_weights=(1.0,)), "weighted fusion needs 2"),
-    (dict(fusion="median"), "median"),
-    (dict(calibration=[[0.5, 0.5]]), "r_start == r_goal"),
-])
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        (dict(target_prompts=()), "target_prompts is empty"),
+        (dict(baseline_prompts=[" "]), "baseline_prompts is empty or has a blank"),
+        (dict(baseline_prompts=TARGET), "d = g - b = 0"),
+        (dict(alpha=1.5), r"alpha=1.5 must lie in \[0, 1\]"),
+        (dict(alpha=-0.1), "alpha"),
+        (dict(fusion="weighted", view_weights=(1.0,)), "weighted fusion needs 2"),
+        (dict(fusion="median"), "median"),
+        (dict(calibration=[[0.5, 0.5]]), "r_start == r_goal"),
+    ],
+)
 def test_bad_config(kw, match):
     with pytest.raises(ModelInputError, match=match):
         VLMConfig(**{**dict(views=VIEWS, target_prompts=TARGET, baseline_prompts=BASELINE), **kw})
@@ -276,13 +353,20 @@ def test_bad_inputs(clip):
     with pytest.raises(ModelInputError, match="3 frame sets but 2 env indices"):
         model.predict(frames(3), env_indices=[0, 1])
     # prompts that differ only in case tokenise (and so embed) identically: d = 0
-    same = make(clip, target_prompts=("Pick the cube",), baseline_prompts=("pick the cube",), calibration=[[0.0, 1.0]])
+    same = make(
+        clip,
+        target_prompts=("Pick the cube",),
+        baseline_prompts=("pick the cube",),
+        calibration=[[0.0, 1.0]],
+    )
     with pytest.raises(ModelInputError, match="embed identically"):
         same.reset([0], [TaskContext()], f[:1])
     goal = make(clip, mode="goal_image")
     with pytest.raises(ModelInputError, match="needs TaskContext.goal_frames"):
         goal.reset([0], [TaskContext()], f[:1])
-    with pytest.raises(ModelInputError, match=r"goal and start frames embed identically .*\(d = 0\)"):
+    with pytest.raises(
+        ModelInputError, match=r"goal and start frames embed identically .*\(d = 0\)"
+    ):
         goal.reset([0], [TaskContext(start_frames=f[0], goal_frames=f[0])], f[:1])
     with pytest.raises(ModelInputError, match="context goal frames"):
         goal.reset([0], [TaskContext(goal_frames=f[0, :1])], f[:1])
