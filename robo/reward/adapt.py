@@ -11,7 +11,7 @@ small learning rate.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -32,6 +32,9 @@ class AdaptConfig:
     demo: str = ""
     # folder of the adapted model; default <model>-adapted-<task>.
     out: str = ""
+    # comma-separated stores of outcome-labelled episodes of this task (e.g. `robo robot run`
+    # recordings with operator labels, or RL episodes): they refine success detection.
+    outcomes: str = ""
     steps: int = 300
     groups: int = 8
     lr: float = 3e-4
@@ -74,10 +77,14 @@ def adapt(cfg: AdaptConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     url, index = cfg.store_and_episode
     model = GRM.from_pretrained(cfg.model)
-    sampler = PairSampler([url], model.cfg.views, cfg.sampler, seed=cfg.seed,
-                          episode_filter=lambda _u, m: m.index == index,
-                          resolution=_encoder_resolution(model.cfg))
+    outcome_urls = [u for u in cfg.outcomes.split(",") if u]
+    sampler_cfg = replace(cfg.sampler, p_outcome=max(cfg.sampler.p_outcome, 0.3)) if outcome_urls else cfg.sampler
+    sampler = PairSampler([url], model.cfg.views, sampler_cfg, seed=cfg.seed,
+                          episode_filter=lambda u, m: u != url or m.index == index,
+                          resolution=_encoder_resolution(model.cfg), outcome_urls=outcome_urls)
     task = sampler.tasks[0]
+    if sampler.tasks[1:] and not any(t.rollout_ids for t in sampler.tasks[1:]):
+        raise RoboError(f"--outcomes {cfg.outcomes}: no episodes labelled success or failure there")
     if task.demo_ids != [index]:
         raise RoboError(f"episode {index} of {url} is not a successful expert demonstration")
     if len(task.store.episode(index)) < 2:
@@ -92,6 +99,7 @@ def adapt(cfg: AdaptConfig) -> Path:
     meta.pop("config", None)
     meta.pop("architecture", None)
     meta["adaptation"] = {"base_model": cfg.model, "demo": {"data": url, "episode": index, "env_id": task.store.env_id},
+                          "outcomes": {t.url: t.rollout_ids for t in sampler.tasks[1:]},
                           "steps": cfg.steps, "wall_time_s": round(time.time() - t0, 1), "final_terms": terms}
     model.save_pretrained(out, extra=meta)
     print(f"adapted model saved to {out} in {meta['adaptation']['wall_time_s']} s")

@@ -115,6 +115,8 @@ class PairSampler:
             metas = [m for m in metas if episode_filter(url, m)]
         demos = [m.index for m in metas if m.policy == "expert" and m.outcome == "success"]
         rollouts = [m.index for m in metas if m.policy != "expert"]
+        if not demos_required:  # outcome-only stores: only episodes with a success/failure label
+            rollouts = [i for i in rollouts if metas[i].outcome in ("success", "failure")]
         if not demos and demos_required:
             raise RoboError(f"{url} has no successful expert demonstrations to train on")
         stages = max([int(store.episode(i).stage.max()) for i in demos[:5]] or [0]) + 1

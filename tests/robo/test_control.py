@@ -65,6 +65,15 @@ def test_robot_record_and_run_cli(tmp_path):
                  "--reference", f"{demos}:0", "--max_steps", "10", "--out", runs]) == 0
     ep = EpisodeStore.open(runs).episode(0)
     assert len(ep.extra["progress"]) == 11 and ep.env_reward.shape == (11,)
+    assert ep.outcome == "failure"  # held still: the simulator's verdict labels it
+    # labelled robot episodes feed the reward model's refinement
+    adapted = tmp_path / "adapted"
+    assert main(["reward", "adapt", "--model", f"{tmp_path}/grm/model", "--demo", f"{demos}:0", "--outcomes", runs,
+                 "--steps", "2", "--groups", "2", "--out", str(adapted)]) == 0
+    import json
+
+    meta = json.loads((adapted / "config.json").read_text())
+    assert meta["adaptation"]["outcomes"] == {runs: [0]}
 
 
 def test_bad_robot_input(tmp_path, capsys):
