@@ -63,5 +63,5 @@ def report(name: str, rows: list[dict], columns: list[str], out: str | None) -> 
 
 def _fmt(v) -> str:
     if isinstance(v, float):
-        return f"{v:,.1f}"
+        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.3f}"
     return "" if v is None else str(v)
