@@ -108,3 +108,25 @@ def check_frames(frames, views: Sequence[str], image_size: tuple[int, int] | Non
             f"{image_size[0]}x{image_size[1]}: render at the model's size"
         )
     return frames
+
+
+def load_yaml_fields(path, what: str) -> dict:
+    """The mapping of config fields in a YAML/JSON file (top level or under ``model:``).
+
+    Raises:
+        ModelInputError: the file is missing, not YAML, or not a mapping.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelInputError(f"{what} config {path} not found: give a YAML file of {what} config fields")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ModelInputError(f"{path} is not valid YAML ({type(e).__name__}): fix the file") from None
+    if not isinstance(data, dict):
+        raise ModelInputError(f"{path} must hold a mapping of {what} config fields")
+    return data.get("model", data)

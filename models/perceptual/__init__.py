@@ -10,29 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.base import ModelInputError
+from models.base import ModelInputError, load_yaml_fields
 from models.perceptual.config import EncoderKind, PerceptualConfig, StepWeighting
 from models.perceptual.reward import PerceptualReward, fit
 
 
 def load_config(path: str | Path) -> PerceptualConfig:
     """A :class:`PerceptualConfig` from a YAML or JSON file (fields at the top or under ``model:``)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelInputError(
-            f"perceptual config {path} not found: give a YAML file of PerceptualConfig fields"
-        )
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ModelInputError(
-            f"{path} is not valid YAML ({type(e).__name__}): fix the file"
-        ) from None
-    if not isinstance(data, dict):
-        raise ModelInputError(f"{path} must hold a mapping of PerceptualConfig fields")
-    return PerceptualConfig.from_dict(data.get("model", data))
+    return PerceptualConfig.from_dict(load_yaml_fields(path, "perceptual"))
 
 
 def load(arg: str, device: str = "cpu") -> PerceptualReward:

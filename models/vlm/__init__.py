@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.base import ModelInputError
+from models.base import ModelInputError, load_yaml_fields
 from models.vlm.clip_reward import VLMReward
 from models.vlm.config import Fusion, TargetMode, VLMConfig
 from models.vlm.weights import create_clip, default_weights_path
@@ -17,22 +17,7 @@ from models.vlm.weights import create_clip, default_weights_path
 
 def load_config(path: str | Path) -> VLMConfig:
     """A :class:`VLMConfig` from a YAML or JSON file (fields at the top or under ``model:``)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelInputError(
-            f"VLM config {path} not found: give a YAML file of VLMConfig fields or a saved model folder"
-        )
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ModelInputError(
-            f"{path} is not valid YAML ({type(e).__name__}): fix the file"
-        ) from None
-    if not isinstance(data, dict):
-        raise ModelInputError(f"{path} must hold a mapping of VLMConfig fields")
-    return VLMConfig.from_dict(data.get("model", data))
+    return VLMConfig.from_dict(load_yaml_fields(path, "VLM"))
 
 
 def load(arg: str, device: str = "cpu") -> VLMReward:
