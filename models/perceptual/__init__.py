@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.base import ModelInputError, load_yaml_fields
+from models.base import load_yaml_fields
 from models.perceptual.config import EncoderKind, PerceptualConfig, StepWeighting
 from models.perceptual.reward import PerceptualReward, fit
 

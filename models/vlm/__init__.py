@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.base import ModelInputError, load_yaml_fields
+from models.base import load_yaml_fields
 from models.vlm.clip_reward import VLMReward
 from models.vlm.config import Fusion, TargetMode, VLMConfig
 from models.vlm.weights import create_clip, default_weights_path
