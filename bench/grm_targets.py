@@ -96,6 +96,7 @@ def row(task: str, s: dict, seen: bool) -> dict:
     return {"task": task, "seen": seen, "episodes": s.get("episodes"), "voc": s.get("voc"),
             "mae": s.get("progress_mae"), "pearson": s.get("progress_pearson"),
             "regress": s.get("regress_tracking"), "outcome_acc": s.get("outcome_accuracy"),
+            "acc_no_undo": s.get("outcome_accuracy_excluding_undo"),
             "false_succ": s.get("false_success_rate"), "epic": s.get("epic_distance"),
             "exploit": (s.get("exploitation") or {}).get("exploit_rate")}
 
@@ -142,8 +143,21 @@ def main() -> None:
         rows.append(row(f"{t} (one-shot)", s, False))
     n = len(EpisodeStore.open(str(next(iter(data.values()))["eval"])))
     print(f"\n{len(tasks)} training tasks, {n} eval episodes each; {time.time() - t0:.0f} s")
+    rows.append(mean_row([r for r in rows if r["seen"]], "mean over training tasks"))
+    rows.append(mean_row([r for r in rows if r["seen"] is False], "mean over one-shot tasks"))
     report("grm_targets", rows, ["task", "seen", "episodes", "voc", "mae", "pearson", "regress", "outcome_acc",
-                                 "false_succ", "epic", "exploit"], str(root / "grm_targets.json"))
+                                 "acc_no_undo", "false_succ", "epic", "exploit"], str(root / "grm_targets.json"))
+
+
+def mean_row(rows: list[dict], label: str) -> dict:
+    import numpy as np
+
+    keys = ("voc", "mae", "pearson", "regress", "outcome_acc", "acc_no_undo", "false_succ", "epic", "exploit")
+    out = {"task": label, "seen": None, "episodes": sum(r["episodes"] or 0 for r in rows)}
+    for k in keys:
+        vals = [r[k] for r in rows if isinstance(r.get(k), (int, float)) and r[k] == r[k]]
+        out[k] = float(np.mean(vals)) if vals else None
+    return out
 
 
 if __name__ == "__main__":

@@ -625,7 +625,18 @@ def _outcome_figures(records: Sequence[ScoredEpisode], thresholds: Thresholds) -
         "thresholds_source": thresholds.source,
         "false_success_rate": false_success_rate(finals, outcomes, thresholds.delta),
         "false_success_episodes": sum(o != "success" for o in outcomes),
+        # Supplementary: an undo rollout is a "success" (success at some step) whose final
+        # state is undone, so no final-progress classifier can call it right.
+        "outcome_accuracy_excluding_undo": _accuracy_without(records, "undo", thresholds),
     }
+
+
+def _accuracy_without(records: Sequence[ScoredEpisode], policy: str, thresholds: Thresholds) -> float:
+    kept = [r for r in records if r.policy != policy]
+    if not kept:
+        return float("nan")
+    finals = [float(r.progress[-1]) for r in kept]
+    return outcome_accuracy(finals, [r.outcome for r in kept], thresholds.delta, thresholds.tau)["accuracy"]
 
 
 def _episode_row(r: ScoredEpisode, thresholds: Thresholds) -> dict[str, Any]:

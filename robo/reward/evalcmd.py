@@ -137,7 +137,7 @@ def _clean(d):
 
 def _print(summary: dict) -> None:
     keys = ["episodes", "voc", "progress_mae", "progress_pearson", "regress_tracking", "outcome_accuracy",
-            "false_success_rate", "stage_accuracy", "epic_distance"]
+            "outcome_accuracy_excluding_undo", "false_success_rate", "stage_accuracy", "epic_distance"]
     for k in keys:
         v = summary.get(k)
         print(f"{k:>20}: {v:.3f}" if isinstance(v, float) else f"{k:>20}: {v}")

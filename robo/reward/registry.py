@@ -3,6 +3,7 @@
     grm:<dir>               a trained General Reward Model folder
     vlm:<config.yaml|dir>   zero-shot CLIP goal-baseline reward (VLM-RM): a VLMConfig YAML or a saved folder
     perceptual:<dir>        a perceptual reward fitted from a few demos (models.perceptual.fit)
+    grpc://<host>:<port>    a reward server (robo.serving); token from $ROBO_REWARD_TOKEN
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ def _perceptual(path: str):
     from models.perceptual import load
 
     return load(path)
+
+
+@register("grpc")
+def _grpc(arg: str):
+    from robo.serving.client import RemoteProgressModel
+
+    return RemoteProgressModel("grpc:" + arg)
 
 
 def load_progress_model(spec: str):
