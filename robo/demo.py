@@ -84,7 +84,7 @@ def train_policies(cfg: DemoConfig, model_dir: Path, demos: str, out: Path) -> d
     from robo.shaping import ShapingConfig
 
     run = RLConfig(env=cfg.env, steps=cfg.rl_steps, demos=demos, eval_every=max(cfg.rl_steps // 3, 1),
-                   eval_episodes=10, bc_epochs=300, critic_warmup=300)
+                   eval_episodes=10, bc_epochs=1500, critic_warmup=300)
     conditions = [Condition("sparse", "none", ShapingConfig(mode="sparse")),
                   Condition("pbrs(grm)", f"grm:{model_dir}", ShapingConfig(mode="pbrs"))]
     return compare(CompareConfig(run=run, conditions=conditions, seeds=[0], out=str(out / "rl")))

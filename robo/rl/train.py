@@ -49,7 +49,7 @@ class RLConfig:
     # expert demonstrations (a store of this env) for the BC warm start and the task context.
     demos: str = ""
     # behaviour-cloning epochs over the demonstrations (0: no warm start).
-    bc_epochs: int = 200
+    bc_epochs: int = 1000
     # SAC: critic pre-training steps on the demonstrations with the actor frozen.
     critic_warmup: int = 500
     # evaluate every this many env steps (20 deterministic episodes).
