@@ -31,7 +31,7 @@ from concurrent import futures
 from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Literal
+from enum import StrEnum
 
 import grpc
 import numpy as np
@@ -45,6 +45,19 @@ log = logging.getLogger("robo.serving")
 TOKEN_ENV = "ROBO_REWARD_TOKEN"
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 MAX_CLIENT_ID = 128
+
+
+class Device(StrEnum):
+    auto = "auto"  # cuda when available
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class DType(StrEnum):
+    auto = "auto"  # bf16 autocast on CUDA (fp16 where bf16 is unsupported), fp32 on CPU
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
 
 
 @dataclass
@@ -62,9 +75,9 @@ class ServeConfig:
     # serve without a token (loopback only).
     no_auth: bool = False
     # inference device: auto (cuda when available), cpu or cuda.
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = Device.auto
     # GRM fast path: autocast dtype (auto: bf16 on CUDA, fp32 on CPU).
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    dtype: DType = DType.auto
     # torch.compile the GRM for padded fixed batch shapes (CUDA graphs on CUDA); warms up at start.
     compile: bool = False
     # most environment rows in one batched model call.
@@ -87,6 +100,7 @@ class ServeConfig:
     threads: int = 0
 
     def __post_init__(self) -> None:
+        self.device, self.dtype = Device(self.device), DType(self.dtype)
         for name in ("max_batch", "max_queue", "workers", "max_envs"):
             if getattr(self, name) < 1:
                 raise RoboError(f"{name}={getattr(self, name)} must be >= 1")
@@ -313,7 +327,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             return 0
         try:
             return self.batcher.call(lambda: self.envs.recycle(indices), timeout)
-        except (Busy, FutureTimeout):  # recycled later would be fine, leaking a few indices too
+        except (Busy, FutureTimeout):  # a timed-out call still runs later; a refused one leaks these indices
             return 0
 
     def _sweep(self) -> None:
@@ -364,6 +378,7 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto", compile: bo
     """Build the served model: GRMs on ``device`` through the fast path, others via the registry."""
     import torch
 
+    device = str(getattr(device, "value", device))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -380,7 +395,8 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto", compile: bo
     from models.grm.model import GRM
 
     try:
-        return make_fast(GRMProgressModel(GRM.from_pretrained(arg), device=device), dtype=dtype, compile=compile)
+        return make_fast(GRMProgressModel(GRM.from_pretrained(arg), device=device),
+                         dtype=str(getattr(dtype, "value", dtype)), compile=compile)
     except ModelInputError as e:
         raise RoboError(str(e)) from None
 
