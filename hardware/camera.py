@@ -21,6 +21,7 @@ from typing import ClassVar
 import numpy as np
 
 from hardware.robot import (
+    DeviceLifecycle,
     DeviceNotConnectedError,
     HardwareConfigError,
     HardwareError,
@@ -115,7 +116,7 @@ class FrameBuffer:
             return self._frame
 
 
-class Camera(abc.ABC):
+class Camera(DeviceLifecycle, abc.ABC):
     """A camera behind the LeRobot contract. Subclasses implement the ``_`` hooks."""
 
     config_class: ClassVar[type[CameraConfig]] = CameraConfig
@@ -194,20 +195,6 @@ class Camera(abc.ABC):
             )
         return frame
 
-    def __enter__(self):
-        self.connect()
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self.is_connected:
-            self.disconnect()
-
-    def __del__(self):
-        try:
-            if self.is_connected:
-                self.disconnect()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
 
 
 class BufferedCamera(Camera):

@@ -106,6 +106,25 @@ def check_if_already_connected(method: Callable) -> Callable:
     return wrapper
 
 
+class DeviceLifecycle:
+    """Context-manager support and a last-chance disconnect, shared by robots and cameras."""
+
+    def __enter__(self):
+        self.connect()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.is_connected:
+            self.disconnect()
+
+    def __del__(self):
+        try:
+            if self.is_connected:
+                self.disconnect()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to report to
+            pass
+
+
 @dataclass(kw_only=True)
 class RobotConfig:
     """Fields every robot config has.
@@ -136,7 +155,7 @@ class RobotConfig:
             )
 
 
-class Robot(abc.ABC):
+class Robot(DeviceLifecycle, abc.ABC):
     """A robot arm behind the LeRobot device contract, with safety built in.
 
     Subclasses set ``config_class`` and ``name`` and implement the abstract hooks.
@@ -366,18 +385,4 @@ class Robot(abc.ABC):
     def _hold_action(self) -> dict[str, float]:
         """The action (``action_features`` keys) that holds the present position."""
 
-    # ------------------------------------------------------------------ lifecycle
-    def __enter__(self):
-        self.connect()
-        return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self.is_connected:
-            self.disconnect()
-
-    def __del__(self):
-        try:
-            if self.is_connected:
-                self.disconnect()
-        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to report to
-            pass

@@ -131,6 +131,20 @@ class ManipulationEnv(Protocol):
     def flat_state(self) -> np.ndarray: ...
 
 
+def make_renderer(model, image_size: tuple[int, int], skybox: bool = False):
+    """An offscreen ``mujoco.Renderer`` with shadows and reflections off (about 10x faster
+    under software rendering); multisampling is off through ``vis.quality.offsamples``."""
+    import mujoco
+
+    model.vis.quality.offsamples = 0
+    renderer = mujoco.Renderer(model, height=image_size[0], width=image_size[1])
+    flags = renderer.scene.flags
+    flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+    flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+    flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = int(skybox)
+    return renderer
+
+
 def tile_views(frames: np.ndarray) -> np.ndarray:
     """``(V, H, W, 3)`` -> ``(H, V*W, 3)``: views side by side."""
     return np.concatenate(list(frames), axis=1)

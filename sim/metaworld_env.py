@@ -43,6 +43,7 @@ from metaworld.sawyer_xyz_env import SawyerXYZEnv
 from sim.base import (
     Randomization,
     SimError,
+    make_renderer,
     tile_views,
     validate_image_size,
     validate_views,
@@ -712,11 +713,7 @@ class MetaWorldEnv(gym.Env):
     def render_views(self) -> np.ndarray:
         """Frames of all views, upright, as ``uint8 (V, H, W, 3)``."""
         if self._renderer is None:
-            h, w = self.image_size
-            self._renderer = mujoco.Renderer(self.model, height=h, width=w)
-            flags = self._renderer.scene.flags
-            flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-            flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+            self._renderer = make_renderer(self.model, self.image_size, skybox=True)
         out = np.empty((len(self.views), *self.image_size, 3), np.uint8)
         for i, cam in enumerate(self._cameras):
             self._renderer.update_scene(self.data, camera=cam)

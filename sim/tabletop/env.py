@@ -12,6 +12,7 @@ import numpy as np
 from sim.base import (
     Randomization,
     SimError,
+    make_renderer,
     tile_views,
     validate_image_size,
     validate_views,
@@ -237,12 +238,7 @@ class TabletopEnv(gym.Env):
     def render_views(self) -> np.ndarray:
         """Frames of all views as ``uint8 (V, H, W, 3)``."""
         if self._renderer is None:
-            h, w = self.image_size
-            self._renderer = mujoco.Renderer(self.model, height=h, width=w)
-            flags = self._renderer.scene.flags
-            flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-            flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-            flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = 0
+            self._renderer = make_renderer(self.model, self.image_size)
         out = np.empty((len(self.views), *self.image_size, 3), np.uint8)
         for i, v in enumerate(self.views):
             self._renderer.update_scene(self.data, camera=v)
