@@ -76,8 +76,14 @@ def _aggregate(runs: list[list[dict]]) -> dict:
     return {"step": [runs[0][k]["step"] for k in range(n)],
             "train_episodes": np.mean([[e["train_episodes"] for e in r[:n]] for r in runs], 0).tolist(),
             "success_mean": succ.mean(0).tolist(), "success_std": succ.std(0).tolist(),
-            "false_success_rate": float(np.nanmean([r[n - 1]["false_success_rate"] for r in runs])),
-            "progress_mae": float(np.nanmean([r[n - 1]["progress_mae"] for r in runs]))}
+            "false_success_rate": _nanmean([r[n - 1]["false_success_rate"] for r in runs]),
+            "progress_mae": _nanmean([r[n - 1]["progress_mae"] for r in runs])}
+
+
+def _nanmean(values) -> float:
+    """Mean over the runs that have the figure (NaN, quietly, when none has: no reward model)."""
+    vals = [v for v in values if v is not None and v == v]
+    return float(np.mean(vals)) if vals else float("nan")
 
 
 def plot_curves(summary: dict, path: Path, title: str) -> None:
