@@ -75,7 +75,7 @@ def evaluate(model: Path, data: Path, reference: str, out: Path, a, calibrate=Fa
 
 
 def calibrate(model: Path, stores: list[Path]) -> None:
-    """Choose tau (delta fixed at 0.05) on the training tasks' own training rollouts, pooled."""
+    """Choose delta and tau on the training tasks' own training rollouts, pooled."""
     from robo.evaluation import choose_thresholds, score_store
     from robo.reward.registry import load_progress_model
 
@@ -87,7 +87,7 @@ def calibrate(model: Path, stores: list[Path]) -> None:
         scores = score_store(pm, store, store.episode(0), indices=idx)
         finals += [float(sc.progress[-1]) for sc in scores]
         outcomes += [store.episode_meta(i).outcome for i in idx]
-    th = choose_thresholds(finals, outcomes, delta=0.05)
+    th = choose_thresholds(finals, outcomes, delta=None)
     (model / "thresholds.json").write_text(json.dumps(
         {"delta": th.delta, "tau": th.tau, "source": f"training rollouts of {len(stores)} training tasks"}))
 

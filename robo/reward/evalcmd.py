@@ -36,6 +36,8 @@ class EvalConfig:
     calibrate: bool = False
     # success margin delta (success when progress >= 1 - delta).
     delta: float = 0.05
+    # with --calibrate: also choose delta (else keep --delta) on the training tasks' rollouts.
+    search_delta: bool = True
     # exploitation test: number of searched action sequences per start state (0: skip).
     exploit_sequences: int = 0
     # exploitation test: start states (seeds of the store's expert episodes).
@@ -85,7 +87,7 @@ def _thresholds(cfg: EvalConfig, model, store, reference):
         scores = score_store(model, store, reference, batch_episodes=cfg.batch_episodes)
         finals = [float(s.progress[-1]) for s in scores]
         outcomes = [store.episode_meta(i).outcome for i in range(len(store))]
-        th = choose_thresholds(finals, outcomes, delta=cfg.delta)
+        th = choose_thresholds(finals, outcomes, delta=None if cfg.search_delta else cfg.delta)
         th = Thresholds(th.delta, th.tau, f"calibrated on {cfg.data}")
         if saved is not None:
             saved.write_text(json.dumps({"delta": th.delta, "tau": th.tau, "source": th.source}, indent=2))
