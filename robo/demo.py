@@ -37,8 +37,12 @@ class DemoConfig:
     rollouts: int = 3
     # image size in pixels.
     size: int = 96
+    # GRM config (its image size must match --size).
+    grm_config: str = "configs/grm/default.yaml"
     # GRM training steps.
     grm_steps: int = 1200
+    # exploitation-test sequences in the GRM evaluation.
+    exploit_sequences: int = 16
     # RL environment steps per condition.
     rl_steps: int = 3000
 
@@ -63,19 +67,19 @@ def record(cfg: DemoConfig, out: Path) -> tuple[str, str]:
 def train_grm(cfg: DemoConfig, demos: str, out: Path) -> Path:
     from robo.reward.train import TrainConfig, train
 
-    base = draccus.parse(TrainConfig, config_path="configs/grm/default.yaml", args=["--data", demos])
+    base = draccus.parse(TrainConfig, config_path=cfg.grm_config, args=["--data", demos])
     base.out, base.steps = str(out / "grm"), cfg.grm_steps
     return train(base)
 
 
-def evaluate_grm(model_dir: Path, demos: str, eval_store: str, out: Path) -> dict:
+def evaluate_grm(model_dir: Path, demos: str, eval_store: str, out: Path, exploit: int) -> dict:
     from robo.reward.evalcmd import EvalConfig, run_eval
 
     # thresholds are chosen on the training rollouts (in the demos store) only
     run_eval(EvalConfig(model=str(model_dir), data=demos, reference=f"{demos}:0", out=str(out / "eval_train"),
                         calibrate=True, video_episodes=0))
     return run_eval(EvalConfig(model=str(model_dir), data=eval_store, reference=f"{demos}:0",
-                               out=str(out / "eval"), video_episodes=2, exploit_sequences=16, exploit_starts=1))
+                               out=str(out / "eval"), video_episodes=2, exploit_sequences=exploit, exploit_starts=1))
 
 
 def train_policies(cfg: DemoConfig, model_dir: Path, demos: str, out: Path) -> dict:
@@ -125,7 +129,7 @@ def run(cfg: DemoConfig) -> dict:
     t0 = time.time()
     demos, eval_store = record(cfg, out)
     model_dir = train_grm(cfg, demos, out)
-    grm_eval = evaluate_grm(model_dir, demos, eval_store, out)
+    grm_eval = evaluate_grm(model_dir, demos, eval_store, out, cfg.exploit_sequences)
     rl = train_policies(cfg, model_dir, demos, out)
     video = policy_video(cfg, model_dir, demos, out)
     keys = ("voc", "progress_mae", "progress_pearson", "outcome_accuracy", "false_success_rate", "epic_distance")
