@@ -30,9 +30,21 @@ from robo.cli import main as robo  # noqa: E402
 from robo.store import EpisodeStore  # noqa: E402
 
 TABLETOP = ["tabletop/reach-v0", "tabletop/push-v0", "tabletop/pick-place-v0", "tabletop/stack-v0"]
-MT10 = [f"metaworld/{t}" for t in ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3",
-                                   "drawer-close-v3", "button-press-topdown-v3", "peg-insert-side-v3",
-                                   "window-open-v3", "window-close-v3")]
+MT10 = [
+    f"metaworld/{t}"
+    for t in (
+        "reach-v3",
+        "push-v3",
+        "pick-place-v3",
+        "door-open-v3",
+        "drawer-open-v3",
+        "drawer-close-v3",
+        "button-press-topdown-v3",
+        "peg-insert-side-v3",
+        "window-open-v3",
+        "window-close-v3",
+    )
+]
 HELD_OUT = ["metaworld/door-close-v3", "metaworld/button-press-v3", "metaworld/drawer-open-v3"]
 EVAL_POLICIES = ("noisy:0.3", "near-miss", "undo", "half", "random-freeze")
 TRAIN_POLICIES = ("noisy:0.3", "near-miss", "half", "random-freeze")
@@ -43,8 +55,23 @@ def name(env_id: str) -> str:
 
 
 def collect(env_id: str, out: Path, episodes: int, policy: str, seed: int, size: int) -> None:
-    code = robo(["collect", "--env", env_id, "--episodes", str(episodes), "--policy", policy,
-                 "--seed", str(seed), "--size", str(size), "--out", str(out)])
+    code = robo(
+        [
+            "collect",
+            "--env",
+            env_id,
+            "--episodes",
+            str(episodes),
+            "--policy",
+            policy,
+            "--seed",
+            str(seed),
+            "--size",
+            str(size),
+            "--out",
+            str(out),
+        ]
+    )
     if code:
         raise SystemExit(f"collect failed for {env_id} {policy}")
 
@@ -63,12 +90,31 @@ def build_data(env_id: str, root: Path, a) -> dict[str, Path]:
     return paths
 
 
-def evaluate(model: Path, data: Path, reference: str, out: Path, a, calibrate=False, seen=True) -> dict:
+def evaluate(
+    model: Path, data: Path, reference: str, out: Path, a, calibrate=False, seen=True
+) -> dict:
     if (out / "summary.json").exists() and not calibrate:
         return json.loads((out / "summary.json").read_text())
-    args = ["reward", "eval", "--model", f"grm:{model}", "--data", str(data), "--reference", reference,
-            "--out", str(out), "--seen_in_training", str(seen).lower(), "--calibrate", str(calibrate).lower(),
-            "--exploit_sequences", str(0 if calibrate else a.exploit_sequences), "--exploit_starts", "1"]
+    args = [
+        "reward",
+        "eval",
+        "--model",
+        f"grm:{model}",
+        "--data",
+        str(data),
+        "--reference",
+        reference,
+        "--out",
+        str(out),
+        "--seen_in_training",
+        str(seen).lower(),
+        "--calibrate",
+        str(calibrate).lower(),
+        "--exploit_sequences",
+        str(0 if calibrate else a.exploit_sequences),
+        "--exploit_starts",
+        "1",
+    ]
     if robo(args):
         raise SystemExit(f"eval failed on {data}")
     return json.loads((out / "summary.json").read_text())
@@ -88,21 +134,38 @@ def calibrate(model: Path, stores: list[Path]) -> None:
         finals += [float(sc.progress[-1]) for sc in scores]
         outcomes += [store.episode_meta(i).outcome for i in idx]
     th = choose_thresholds(finals, outcomes, delta=None)
-    (model / "thresholds.json").write_text(json.dumps(
-        {"delta": th.delta, "tau": th.tau, "source": f"training rollouts of {len(stores)} training tasks"}))
+    (model / "thresholds.json").write_text(
+        json.dumps(
+            {
+                "delta": th.delta,
+                "tau": th.tau,
+                "source": f"training rollouts of {len(stores)} training tasks",
+            }
+        )
+    )
 
 
 def row(task: str, s: dict, seen: bool) -> dict:
-    return {"task": task, "seen": seen, "episodes": s.get("episodes"), "voc": s.get("voc"),
-            "mae": s.get("progress_mae"), "pearson": s.get("progress_pearson"),
-            "regress": s.get("regress_tracking"), "outcome_acc": s.get("outcome_accuracy"),
-            "acc_no_undo": s.get("outcome_accuracy_excluding_undo"),
-            "false_succ": s.get("false_success_rate"), "epic": s.get("epic_distance"),
-            "exploit": (s.get("exploitation") or {}).get("exploit_rate")}
+    return {
+        "task": task,
+        "seen": seen,
+        "episodes": s.get("episodes"),
+        "voc": s.get("voc"),
+        "mae": s.get("progress_mae"),
+        "pearson": s.get("progress_pearson"),
+        "regress": s.get("regress_tracking"),
+        "outcome_acc": s.get("outcome_accuracy"),
+        "acc_no_undo": s.get("outcome_accuracy_excluding_undo"),
+        "false_succ": s.get("false_success_rate"),
+        "epic": s.get("epic_distance"),
+        "exploit": (s.get("exploitation") or {}).get("exploit_rate"),
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", default="runs/grm_targets")
     ap.add_argument("--tasks", default="all", help="all | tabletop | comma-separated env ids")
     ap.add_argument("--held_out", default=",".join(HELD_OUT))
@@ -122,8 +185,20 @@ def main() -> None:
     data = {t: build_data(t, root, a) for t in tasks}
     model = root / "general" / "model"
     if not model.exists():
-        code = robo(["reward", "train", "--data", ",".join(str(d["train"]) for d in data.values()),
-                     "--config", a.config, "--out", str(root / "general"), "--steps", str(a.steps)])
+        code = robo(
+            [
+                "reward",
+                "train",
+                "--data",
+                ",".join(str(d["train"]) for d in data.values()),
+                "--config",
+                a.config,
+                "--out",
+                str(root / "general"),
+                "--steps",
+                str(a.steps),
+            ]
+        )
         if code:
             raise SystemExit("training failed")
     if not (model / "thresholds.json").exists():
@@ -136,23 +211,69 @@ def main() -> None:
         paths = build_data(t, root, argparse.Namespace(**{**vars(a), "demos": 1}))
         adapted = root / "adapted" / name(t)
         if not adapted.exists():
-            robo(["reward", "adapt", "--model", str(model), "--demo", f"{paths['train']}:0", "--out", str(adapted),
-                  "--steps", str(a.adapt_steps)])
+            robo(
+                [
+                    "reward",
+                    "adapt",
+                    "--model",
+                    str(model),
+                    "--demo",
+                    f"{paths['train']}:0",
+                    "--out",
+                    str(adapted),
+                    "--steps",
+                    str(a.adapt_steps),
+                ]
+            )
             (adapted / "thresholds.json").write_text((model / "thresholds.json").read_text())
-        s = evaluate(adapted, paths["eval"], f"{paths['train']}:0", root / "eval-adapted" / name(t), a, seen=False)
+        s = evaluate(
+            adapted,
+            paths["eval"],
+            f"{paths['train']}:0",
+            root / "eval-adapted" / name(t),
+            a,
+            seen=False,
+        )
         rows.append(row(f"{t} (one-shot)", s, False))
     n = len(EpisodeStore.open(str(next(iter(data.values()))["eval"])))
     print(f"\n{len(tasks)} training tasks, {n} eval episodes each; {time.time() - t0:.0f} s")
     rows.append(mean_row([r for r in rows if r["seen"]], "mean over training tasks"))
     rows.append(mean_row([r for r in rows if r["seen"] is False], "mean over one-shot tasks"))
-    report("grm_targets", rows, ["task", "seen", "episodes", "voc", "mae", "pearson", "regress", "outcome_acc",
-                                 "acc_no_undo", "false_succ", "epic", "exploit"], str(root / "grm_targets.json"))
+    report(
+        "grm_targets",
+        rows,
+        [
+            "task",
+            "seen",
+            "episodes",
+            "voc",
+            "mae",
+            "pearson",
+            "regress",
+            "outcome_acc",
+            "acc_no_undo",
+            "false_succ",
+            "epic",
+            "exploit",
+        ],
+        str(root / "grm_targets.json"),
+    )
 
 
 def mean_row(rows: list[dict], label: str) -> dict:
     import numpy as np
 
-    keys = ("voc", "mae", "pearson", "regress", "outcome_acc", "acc_no_undo", "false_succ", "epic", "exploit")
+    keys = (
+        "voc",
+        "mae",
+        "pearson",
+        "regress",
+        "outcome_acc",
+        "acc_no_undo",
+        "false_succ",
+        "epic",
+        "exploit",
+    )
     out = {"task": label, "seen": None, "episodes": sum(r["episodes"] or 0 for r in rows)}
     for k in keys:
         vals = [r[k] for r in rows if isinstance(r.get(k), (int, float)) and r[k] == r[k]]

@@ -29,9 +29,11 @@ from common import report  # noqa: E402
 from robo.cli import main as robo  # noqa: E402
 from robo.store import EpisodeStore  # noqa: E402
 
-TINY_CLIP = {"embed_dim": 32,
-             "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
 
 
 def tiny_vlm(out: Path, views, size) -> str:
@@ -43,8 +45,14 @@ def tiny_vlm(out: Path, views, size) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "robo-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
     open_clip.add_model_config(folder)
-    cfg = {"arch": "robo-tiny-clip", "pretrained": "", "weights": "random", "views": list(views),
-           "image_size": [size, size], "mode": "goal_image"}
+    cfg = {
+        "arch": "robo-tiny-clip",
+        "pretrained": "",
+        "weights": "random",
+        "views": list(views),
+        "image_size": [size, size],
+        "mode": "goal_image",
+    }
     path = out / "vlm_tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return f"vlm:{path}"
@@ -65,8 +73,24 @@ def real_vlm() -> str | None:
 
 
 def evaluate(spec: str, data: str, reference: str, out: Path, exploit: int) -> dict:
-    args = ["reward", "eval", "--model", spec, "--data", data, "--reference", reference, "--out", str(out),
-            "--video_episodes", "0", "--exploit_sequences", str(exploit), "--exploit_starts", "1"]
+    args = [
+        "reward",
+        "eval",
+        "--model",
+        spec,
+        "--data",
+        data,
+        "--reference",
+        reference,
+        "--out",
+        str(out),
+        "--video_episodes",
+        "0",
+        "--exploit_sequences",
+        str(exploit),
+        "--exploit_starts",
+        "1",
+    ]
     if robo(args):
         raise SystemExit(f"evaluation of {spec} failed")
     return json.loads((out / "summary.json").read_text())
@@ -76,11 +100,20 @@ def vlm_speed(runs: int, views: int = 3, size: int = 224, int8: bool = False) ->
     from models.base import TaskContext
     from models.vlm import VLMConfig, VLMReward
 
-    cfg = VLMConfig(arch="ViT-B-32", pretrained="", weights="random", views=tuple(f"v{i}" for i in range(views)),
-                    image_size=(size, size), mode="goal_image", int8=int8)
+    cfg = VLMConfig(
+        arch="ViT-B-32",
+        pretrained="",
+        weights="random",
+        views=tuple(f"v{i}" for i in range(views)),
+        image_size=(size, size),
+        mode="goal_image",
+        int8=int8,
+    )
     model = VLMReward.from_config(cfg)
     rng = np.random.default_rng(0)
-    frames, start, goal = (rng.integers(0, 255, (1, views, size, size, 3), dtype=np.uint8) for _ in range(3))
+    frames, start, goal = (
+        rng.integers(0, 255, (1, views, size, size, 3), dtype=np.uint8) for _ in range(3)
+    )
     model.reset([0], [TaskContext(None, start[0], goal[0])], frames)
     model.predict(frames)
     rates = []
@@ -93,9 +126,17 @@ def vlm_speed(runs: int, views: int = 3, size: int = 224, int8: bool = False) ->
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--demos", required=True, help="store with expert demos of the task (perceptual fit, reference)")
-    ap.add_argument("--data", required=True, help="held-out evaluation store (expert and non-expert rollouts)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--demos",
+        required=True,
+        help="store with expert demos of the task (perceptual fit, reference)",
+    )
+    ap.add_argument(
+        "--data", required=True, help="held-out evaluation store (expert and non-expert rollouts)"
+    )
     ap.add_argument("--grm", default="", help="a trained GRM folder")
     ap.add_argument("--out", default="runs/reward_sources")
     ap.add_argument("--exploit", type=int, default=16)
@@ -112,7 +153,20 @@ def main() -> None:
     if a.grm:
         sources["grm"] = f"grm:{a.grm}"
     perc = out / "perceptual"
-    robo(["reward", "fit-perceptual", "--demos", a.demos, "--episodes", "5", "--num_steps", "4", "--out", str(perc)])
+    robo(
+        [
+            "reward",
+            "fit-perceptual",
+            "--demos",
+            a.demos,
+            "--episodes",
+            "5",
+            "--num_steps",
+            "4",
+            "--out",
+            str(perc),
+        ]
+    )
     sources["perceptual (5 demos)"] = f"perceptual:{perc}"
     sources["vlm (tiny random CLIP: plumbing)"] = tiny_vlm(out, store.views, store.image_size[0])
     real = real_vlm()
@@ -121,17 +175,46 @@ def main() -> None:
     rows = []
     for name, spec in sources.items():
         s = evaluate(spec, a.data, reference, out / "eval" / name.split(" ")[0], a.exploit)
-        rows.append({"source": name, "episodes": s.get("episodes"), "voc": s.get("voc"), "mae": s.get("progress_mae"),
-                     "pearson": s.get("progress_pearson"), "regress": s.get("regress_tracking"),
-                     "outcome_acc": s.get("outcome_accuracy"), "false_succ": s.get("false_success_rate"),
-                     "epic": s.get("epic_distance"), "exploit": (s.get("exploitation") or {}).get("exploit_rate")})
+        rows.append(
+            {
+                "source": name,
+                "episodes": s.get("episodes"),
+                "voc": s.get("voc"),
+                "mae": s.get("progress_mae"),
+                "pearson": s.get("progress_pearson"),
+                "regress": s.get("regress_tracking"),
+                "outcome_acc": s.get("outcome_accuracy"),
+                "false_succ": s.get("false_success_rate"),
+                "epic": s.get("epic_distance"),
+                "exploit": (s.get("exploitation") or {}).get("exploit_rate"),
+            }
+        )
     for int8 in (False, True):
         speed = vlm_speed(a.runs, int8=int8)
-        rows.append({"source": f"VLM ViT-B-32 speed{' int8' if int8 else ''}, 3 views @ 224 px: "
-                               f"{speed['median']:.1f} q/s (min {speed['min']:.1f}, max {speed['max']:.1f}, "
-                               f"{torch.get_num_threads()} threads)"})
-    report("reward_sources", rows, ["source", "episodes", "voc", "mae", "pearson", "regress", "outcome_acc",
-                                    "false_succ", "epic", "exploit"], str(out / "reward_sources.json"))
+        rows.append(
+            {
+                "source": f"VLM ViT-B-32 speed{' int8' if int8 else ''}, 3 views @ 224 px: "
+                f"{speed['median']:.1f} q/s (min {speed['min']:.1f}, max {speed['max']:.1f}, "
+                f"{torch.get_num_threads()} threads)"
+            }
+        )
+    report(
+        "reward_sources",
+        rows,
+        [
+            "source",
+            "episodes",
+            "voc",
+            "mae",
+            "pearson",
+            "regress",
+            "outcome_acc",
+            "false_succ",
+            "epic",
+            "exploit",
+        ],
+        str(out / "reward_sources.json"),
+    )
 
 
 if __name__ == "__main__":

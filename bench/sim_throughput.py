@@ -46,15 +46,29 @@ def store_rates(size: int, steps: int = 200) -> tuple[float, float]:
     frames = rng.integers(0, 255, (steps, 3, size, size, 3), dtype=np.uint8)
     frames[:, :, : size // 2] = 128  # rendered frames compress; keep part of the image flat
     ep = Episode(
-        frames=frames, states=np.zeros((steps, 24), np.float32), actions=np.zeros((steps, 4), np.float32),
-        env_reward=np.zeros(steps, np.float32), success=np.zeros(steps, bool), stage=np.zeros(steps, np.int16),
-        privileged_progress=np.zeros(steps, np.float32), task="bench", env_id="bench/x-v0", seed=0,
-        policy="expert", outcome="failure",
+        frames=frames,
+        states=np.zeros((steps, 24), np.float32),
+        actions=np.zeros((steps, 4), np.float32),
+        env_reward=np.zeros(steps, np.float32),
+        success=np.zeros(steps, bool),
+        stage=np.zeros(steps, np.int16),
+        privileged_progress=np.zeros(steps, np.float32),
+        task="bench",
+        env_id="bench/x-v0",
+        seed=0,
+        policy="expert",
+        outcome="failure",
     )
     mb = frames.nbytes / 1e6
     with tempfile.TemporaryDirectory() as tmp:
-        store = EpisodeStore.create(f"{tmp}/s", views=("a", "b", "c"), image_size=(size, size),
-                                    env_id="bench/x-v0", state_dim=24, action_dim=4)
+        store = EpisodeStore.create(
+            f"{tmp}/s",
+            views=("a", "b", "c"),
+            image_size=(size, size),
+            env_id="bench/x-v0",
+            state_dim=24,
+            action_dim=4,
+        )
         write = mb / timed(lambda: store.append_episode(ep))
         reader = EpisodeStore.open(f"{tmp}/s")
         read = mb / timed(lambda: reader.episode(0))
@@ -62,7 +76,9 @@ def store_rates(size: int, steps: int = 200) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--envs", default="tabletop/pick-place-v0,metaworld/pick-place-v3")
     ap.add_argument("--sizes", default="64,96,128")
     ap.add_argument("--steps", type=int, default=200)
@@ -88,8 +104,16 @@ def main() -> None:
         rates = [store_rates(size) for _ in range(args.runs + 1)][1:]
         for k, label in enumerate(("write", "read")):
             vals = [r[k] for r in rates]
-            rows.append({"what": f"store {label} 3 views @ {size}px", "unit": "MB/s",
-                         "median": float(np.median(vals)), "min": min(vals), "max": max(vals), "runs": args.runs})
+            rows.append(
+                {
+                    "what": f"store {label} 3 views @ {size}px",
+                    "unit": "MB/s",
+                    "median": float(np.median(vals)),
+                    "min": min(vals),
+                    "max": max(vals),
+                    "runs": args.runs,
+                }
+            )
     report("sim_throughput", rows, ["what", "unit", "median", "min", "max", "runs"], args.out)
 
 

@@ -196,7 +196,6 @@ class Camera(DeviceLifecycle, abc.ABC):
         return frame
 
 
-
 class BufferedCamera(Camera):
     """A camera whose frames arrive in a :class:`FrameBuffer` (a thread or a subscription)."""
 

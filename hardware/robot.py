@@ -384,5 +384,3 @@ class Robot(DeviceLifecycle, abc.ABC):
     @abc.abstractmethod
     def _hold_action(self) -> dict[str, float]:
         """The action (``action_features`` keys) that holds the present position."""
-
-

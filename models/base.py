@@ -77,7 +77,9 @@ class ProgressModel(Protocol):
         ...
 
 
-def check_frames(frames, views: Sequence[str], image_size: tuple[int, int] | None, what: str = "frames") -> torch.Tensor:
+def check_frames(
+    frames, views: Sequence[str], image_size: tuple[int, int] | None, what: str = "frames"
+) -> torch.Tensor:
     """Validate ``(B, V, H, W, 3)`` uint8 frames; return them as a uint8 tensor.
 
     Raises:
@@ -95,7 +97,9 @@ def check_frames(frames, views: Sequence[str], image_size: tuple[int, int] | Non
                 raise ModelInputError(f"{what} contain NaN or inf values")
             raise ModelInputError(f"{what} must be uint8 images, got dtype {frames.dtype}")
     else:
-        raise ModelInputError(f"{what} must be a numpy array or torch tensor, got {type(frames).__name__}")
+        raise ModelInputError(
+            f"{what} must be a numpy array or torch tensor, got {type(frames).__name__}"
+        )
     if frames.ndim != 5 or frames.shape[-1] != 3:
         raise ModelInputError(f"{what} must have shape (B, V, H, W, 3), got {tuple(frames.shape)}")
     if frames.shape[1] != len(views):
@@ -122,11 +126,15 @@ def load_yaml_fields(path, what: str) -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise ModelInputError(f"{what} config {path} not found: give a YAML file of {what} config fields")
+        raise ModelInputError(
+            f"{what} config {path} not found: give a YAML file of {what} config fields"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ModelInputError(f"{path} is not valid YAML ({type(e).__name__}): fix the file") from None
+        raise ModelInputError(
+            f"{path} is not valid YAML ({type(e).__name__}): fix the file"
+        ) from None
     if not isinstance(data, dict):
         raise ModelInputError(f"{path} must hold a mapping of {what} config fields")
     return data.get("model", data)

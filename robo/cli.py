@@ -19,7 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reward train": ("robo.reward.train:TrainConfig", "robo.reward.train:train"),
     "reward adapt": ("robo.reward.adapt:AdaptConfig", "robo.reward.adapt:adapt"),
     "reward eval": ("robo.reward.evalcmd:EvalConfig", "robo.reward.evalcmd:run_eval"),
-    "reward fit-perceptual": ("robo.reward.fitcmd:FitPerceptualConfig", "robo.reward.fitcmd:fit_perceptual"),
+    "reward fit-perceptual": (
+        "robo.reward.fitcmd:FitPerceptualConfig",
+        "robo.reward.fitcmd:fit_perceptual",
+    ),
     "reward serve": ("robo.serving.server:ServeConfig", "robo.serving.server:serve_forever"),
     "rl train": ("robo.rl.train:RLConfig", "robo.rl.train:train"),
     "rl compare": ("robo.rl.compare:CompareConfig", "robo.rl.compare:compare"),
@@ -101,7 +104,13 @@ def _parse_error(name: str, e: Exception) -> ValueError:
     while chain[-1].__cause__ is not None:
         chain.append(chain[-1].__cause__)
     root = chain[-1]
-    if isinstance(root, ValueError) and type(root).__module__.split(".")[0] in ("robo", "sim", "models", "hardware", "calibration"):
+    if isinstance(root, ValueError) and type(root).__module__.split(".")[0] in (
+        "robo",
+        "sim",
+        "models",
+        "hardware",
+        "calibration",
+    ):
         return RoboError(_first_line(root))  # our own validation message
     for err in chain:
         m = re.match(r"`([\w.]+)`: (.*)", _first_line(err))
@@ -117,7 +126,9 @@ def _first_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=os.environ.get("ROBO_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("ROBO_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
+    )
     name, rest = _split(argv)
     if name is None:
         print(_usage(), file=sys.stderr if argv else sys.stdout)

@@ -42,7 +42,9 @@ class CollectConfig:
 
     def __post_init__(self) -> None:
         if not self.env:
-            raise RoboError("--env is required, e.g. --env tabletop/pick-place-v0 (see `robo envs`)")
+            raise RoboError(
+                "--env is required, e.g. --env tabletop/pick-place-v0 (see `robo envs`)"
+            )
         if self.episodes < 1:
             raise RoboError(f"--episodes {self.episodes}: record at least 1 episode")
         validate_image_size(self.size)
@@ -91,7 +93,9 @@ def rollout_to_episode(rollout, env_id: str) -> Episode:
     )
 
 
-def open_or_create(url: str, env_id: str, views, size: int, state_dim: int, action_dim: int) -> EpisodeStore:
+def open_or_create(
+    url: str, env_id: str, views, size: int, state_dim: int, action_dim: int
+) -> EpisodeStore:
     """Open the store at ``url`` for appending, or create it; refuse a mismatching store."""
     try:
         store = EpisodeStore.open(url, mode="a")
@@ -99,10 +103,18 @@ def open_or_create(url: str, env_id: str, views, size: int, state_dim: int, acti
         if Path(url).exists() and any(Path(url).iterdir()):
             raise
         return EpisodeStore.create(
-            url, views=tuple(views), image_size=(size, size), env_id=env_id,
-            state_dim=state_dim, action_dim=action_dim,
+            url,
+            views=tuple(views),
+            image_size=(size, size),
+            env_id=env_id,
+            state_dim=state_dim,
+            action_dim=action_dim,
         )
-    if store.env_id != env_id or tuple(store.views) != tuple(views) or tuple(store.image_size) != (size, size):
+    if (
+        store.env_id != env_id
+        or tuple(store.views) != tuple(views)
+        or tuple(store.image_size) != (size, size)
+    ):
         raise RoboError(
             f"{url} holds {store.env_id} with views {','.join(store.views)} at {store.image_size[0]} px; "
             f"record {env_id} with these views and size, or choose another --out"
@@ -118,13 +130,24 @@ def collect(cfg: CollectConfig) -> EpisodeStore:
     try:
         make_policy(cfg.policy, env, np.random.default_rng(0))  # validate the spec before writing
         store = open_or_create(
-            cfg.out_url, cfg.env, cfg.view_list, cfg.size,
-            env.observation_space.shape[0], env.action_space.shape[0],
+            cfg.out_url,
+            cfg.env,
+            cfg.view_list,
+            cfg.size,
+            env.observation_space.shape[0],
+            env.action_space.shape[0],
         )
-        store.add_provenance(collect_provenance(
-            event="collect", command=" ".join(sys.argv), env_id=cfg.env, policy=cfg.policy,
-            seed=cfg.seed, episodes=cfg.episodes, randomization=asdict(cfg.randomization),
-        ))
+        store.add_provenance(
+            collect_provenance(
+                event="collect",
+                command=" ".join(sys.argv),
+                env_id=cfg.env,
+                policy=cfg.policy,
+                seed=cfg.seed,
+                episodes=cfg.episodes,
+                randomization=asdict(cfg.randomization),
+            )
+        )
         max_steps = cfg.max_steps or 1000
         outcomes = {"success": 0, "partial": 0, "failure": 0}
         bar = tqdm(range(cfg.episodes), desc=f"collect {cfg.env} [{cfg.policy}]", unit="ep")

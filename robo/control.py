@@ -51,12 +51,16 @@ def timing_stats(periods: np.ndarray, compute: np.ndarray, dt: float) -> dict:
     """Jitter and overruns of a loop that should tick every ``dt`` seconds."""
     if len(periods) == 0:
         return {"rate_hz": 1 / dt, "steps": 0}
-    return {"rate_hz": 1 / dt, "steps": int(len(periods) + 1),
-            "period_mean_ms": 1e3 * float(periods.mean()), "jitter_ms": 1e3 * float(periods.std()),
-            "period_p99_ms": 1e3 * float(np.percentile(periods, 99)),
-            "compute_p50_ms": 1e3 * float(np.percentile(compute, 50)),
-            "compute_p99_ms": 1e3 * float(np.percentile(compute, 99)),
-            "overruns": int((compute > dt).sum())}
+    return {
+        "rate_hz": 1 / dt,
+        "steps": int(len(periods) + 1),
+        "period_mean_ms": 1e3 * float(periods.mean()),
+        "jitter_ms": 1e3 * float(periods.std()),
+        "period_p99_ms": 1e3 * float(np.percentile(periods, 99)),
+        "compute_p50_ms": 1e3 * float(np.percentile(compute, 50)),
+        "compute_p99_ms": 1e3 * float(np.percentile(compute, 99)),
+        "overruns": int((compute > dt).sum()),
+    }
 
 
 class ControlLoop:
@@ -71,19 +75,31 @@ class ControlLoop:
         gamma: discount of the shaped reward.
     """
 
-    def __init__(self, robot, policy: Callable[[dict], dict], rate_hz: float, reward=None,
-                 context: TaskContext | None = None, view_keys: dict[str, str] | None = None, gamma: float = 0.99):
+    def __init__(
+        self,
+        robot,
+        policy: Callable[[dict], dict],
+        rate_hz: float,
+        reward=None,
+        context: TaskContext | None = None,
+        view_keys: dict[str, str] | None = None,
+        gamma: float = 0.99,
+    ):
         self.robot, self.policy, self.dt = robot, policy, 1.0 / rate_hz
         self.reward, self.context, self.gamma = reward, context or TaskContext(), gamma
         self.view_keys = view_keys or ({v: v for v in reward.views} if reward is not None else {})
 
     def _frames(self, obs: dict) -> np.ndarray:
-        return np.stack([np.asarray(obs[self.view_keys[v]], np.uint8) for v in self.reward.views])[None]
+        return np.stack([np.asarray(obs[self.view_keys[v]], np.uint8) for v in self.reward.views])[
+            None
+        ]
 
     def run_episode(self, events: queue.Queue | None = None, max_steps: int = 500) -> EpisodeResult:
         """One episode; ends at ``max_steps`` or on an operator event."""
         events = events or queue.Queue()
-        getattr(self.policy, "reset", lambda: None)()  # stateful policies (scripted experts) restart
+        getattr(
+            self.policy, "reset", lambda: None
+        )()  # stateful policies (scripted experts) restart
         rows: dict[str, list] = {"obs": [], "sent": []}
         progress, rewards, model_success = [], [], False
         obs = self.robot.get_observation()
@@ -104,8 +120,11 @@ class ControlLoop:
                 quit_ = Event.quit in ev
                 break
             t0 = time.perf_counter()
-            action = self.robot.send_action(self.robot._hold_action()) if paused else \
-                self.robot.send_action(self.policy(obs))
+            action = (
+                self.robot.send_action(self.robot._hold_action())
+                if paused
+                else self.robot.send_action(self.policy(obs))
+            )
             rows["obs"].append(obs)
             rows["sent"].append(action)
             obs = self.robot.get_observation()
@@ -113,7 +132,10 @@ class ControlLoop:
                 out = self.reward.predict(self._frames(obs), [0])
                 phi_next = float(out.progress[0])
                 rewards.append(self.gamma * phi_next - phi)
-                model_success |= bool(phi_next >= 1 - getattr(getattr(self.reward, "cfg", None), "success_delta", 0.05))
+                model_success |= bool(
+                    phi_next
+                    >= 1 - getattr(getattr(self.reward, "cfg", None), "success_delta", 0.05)
+                )
                 phi = phi_next
                 progress.append(phi)
             compute.append(time.perf_counter() - t0)
@@ -125,8 +147,16 @@ class ControlLoop:
             if now - next_tick > self.dt:  # fell behind by a whole tick: re-anchor, count it
                 next_tick = now
         rows["obs"].append(obs)
-        return EpisodeResult(len(rows["sent"]), label, quit_, timing_stats(np.array(periods), np.array(compute), self.dt),
-                             progress, rewards, model_success, rows)
+        return EpisodeResult(
+            len(rows["sent"]),
+            label,
+            quit_,
+            timing_stats(np.array(periods), np.array(compute), self.dt),
+            progress,
+            rewards,
+            model_success,
+            rows,
+        )
 
 
 def _drain(events: queue.Queue) -> set[Event]:
@@ -164,7 +194,11 @@ def make_policy(spec: str, robot) -> Callable[[dict], dict]:
         return lambda obs: robot._hold_action()
     if spec == "expert":
         env = getattr(robot, "unwrapped", None)
-        if env is None or not hasattr(env, "expert") or set(robot.action_features) != {"dx", "dy", "dz", "grip"}:
+        if (
+            env is None
+            or not hasattr(env, "expert")
+            or set(robot.action_features) != {"dx", "dy", "dz", "grip"}
+        ):
             raise RoboError("--policy expert needs the simulated arm with action_space: cartesian")
         return _ExpertPolicy(env)
     kind, _, path = spec.partition(":")
@@ -180,8 +214,11 @@ def make_policy(spec: str, robot) -> Callable[[dict], dict]:
 
     def act(obs: dict[str, Any]) -> dict:
         env = getattr(robot, "unwrapped", None)
-        state = env._obs() if env is not None and hasattr(env, "_obs") else \
-            np.array([v for v in obs.values() if np.isscalar(v)], np.float32)
+        state = (
+            env._obs()
+            if env is not None and hasattr(env, "_obs")
+            else np.array([v for v in obs.values() if np.isscalar(v)], np.float32)
+        )
         action = model.predict(state, deterministic=True)[0]
         return dict(zip(keys, map(float, action), strict=True))
 

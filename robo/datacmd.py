@@ -50,7 +50,9 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         if not self.data or not self.root:
-            raise RoboError("--data (the store) and --root (the LeRobot dataset folder) are required")
+            raise RoboError(
+                "--data (the store) and --root (the LeRobot dataset folder) are required"
+            )
 
 
 def export(cfg: ExportConfig):
@@ -72,7 +74,9 @@ class ImportConfig:
 
     def __post_init__(self) -> None:
         if not self.root or not self.out:
-            raise RoboError("--root (the LeRobot dataset folder) and --out (the new store) are required")
+            raise RoboError(
+                "--root (the LeRobot dataset folder) and --out (the new store) are required"
+            )
 
 
 def import_(cfg: ImportConfig) -> EpisodeStore:

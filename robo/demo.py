@@ -54,12 +54,30 @@ def record(cfg: DemoConfig, out: Path) -> tuple[str, str]:
     demos, eval_store = str(out / "demos"), str(out / "rollouts")
     collect(CollectConfig(env=cfg.env, episodes=cfg.demos, size=cfg.size, out=demos, seed=0))
     for k, policy in enumerate(("noisy:0.3", "near-miss", "half", "random-freeze")):
-        collect(CollectConfig(env=cfg.env, episodes=cfg.train_rollouts, size=cfg.size, policy=policy,
-                              out=demos, seed=500 + 100 * k))
-    collect(CollectConfig(env=cfg.env, episodes=cfg.rollouts, size=cfg.size, out=eval_store, seed=5000))
+        collect(
+            CollectConfig(
+                env=cfg.env,
+                episodes=cfg.train_rollouts,
+                size=cfg.size,
+                policy=policy,
+                out=demos,
+                seed=500 + 100 * k,
+            )
+        )
+    collect(
+        CollectConfig(env=cfg.env, episodes=cfg.rollouts, size=cfg.size, out=eval_store, seed=5000)
+    )
     for k, policy in enumerate(NON_EXPERT):
-        collect(CollectConfig(env=cfg.env, episodes=cfg.rollouts, size=cfg.size, policy=policy,
-                              out=eval_store, seed=1000 + 100 * k))
+        collect(
+            CollectConfig(
+                env=cfg.env,
+                episodes=cfg.rollouts,
+                size=cfg.size,
+                policy=policy,
+                out=eval_store,
+                seed=1000 + 100 * k,
+            )
+        )
     preview(PreviewConfig(data=demos, episode=0, out=str(out / "demo_ep0.mp4")))
     return demos, eval_store
 
@@ -76,10 +94,27 @@ def evaluate_grm(model_dir: Path, demos: str, eval_store: str, out: Path, exploi
     from robo.reward.evalcmd import EvalConfig, run_eval
 
     # thresholds are chosen on the training rollouts (in the demos store) only
-    run_eval(EvalConfig(model=str(model_dir), data=demos, reference=f"{demos}:0", out=str(out / "eval_train"),
-                        calibrate=True, video_episodes=0))
-    return run_eval(EvalConfig(model=str(model_dir), data=eval_store, reference=f"{demos}:0",
-                               out=str(out / "eval"), video_episodes=2, exploit_sequences=exploit, exploit_starts=1))
+    run_eval(
+        EvalConfig(
+            model=str(model_dir),
+            data=demos,
+            reference=f"{demos}:0",
+            out=str(out / "eval_train"),
+            calibrate=True,
+            video_episodes=0,
+        )
+    )
+    return run_eval(
+        EvalConfig(
+            model=str(model_dir),
+            data=eval_store,
+            reference=f"{demos}:0",
+            out=str(out / "eval"),
+            video_episodes=2,
+            exploit_sequences=exploit,
+            exploit_starts=1,
+        )
+    )
 
 
 def train_policies(cfg: DemoConfig, model_dir: Path, demos: str, out: Path) -> dict:
@@ -87,10 +122,19 @@ def train_policies(cfg: DemoConfig, model_dir: Path, demos: str, out: Path) -> d
     from robo.rl.train import RLConfig
     from robo.shaping import ShapingConfig
 
-    run = RLConfig(env=cfg.env, steps=cfg.rl_steps, demos=demos, eval_every=max(cfg.rl_steps // 3, 1),
-                   eval_episodes=10, bc_epochs=1500, critic_warmup=300)
-    conditions = [Condition("sparse", "none", ShapingConfig(mode="sparse")),
-                  Condition("pbrs(grm)", f"grm:{model_dir}", ShapingConfig(mode="pbrs"))]
+    run = RLConfig(
+        env=cfg.env,
+        steps=cfg.rl_steps,
+        demos=demos,
+        eval_every=max(cfg.rl_steps // 3, 1),
+        eval_episodes=10,
+        bc_epochs=1500,
+        critic_warmup=300,
+    )
+    conditions = [
+        Condition("sparse", "none", ShapingConfig(mode="sparse")),
+        Condition("pbrs(grm)", f"grm:{model_dir}", ShapingConfig(mode="pbrs")),
+    ]
     return compare(CompareConfig(run=run, conditions=conditions, seeds=[0], out=str(out / "rl")))
 
 
@@ -112,8 +156,12 @@ def policy_video(cfg: DemoConfig, model_dir: Path, demos: str, out: Path) -> Pat
     phi = float(pm.reset([0], [ctx], frames[None]).progress[0])
     video = []
     for t in range(160):
-        tiled = np.ascontiguousarray(np.kron(np.concatenate(list(frames), 1), np.ones((2, 2, 1), np.uint8)))
-        video.append(annotate(tiled, [f"t={t} progress={phi:.2f}", "SUCCESS" if info.get("success") else ""]))
+        tiled = np.ascontiguousarray(
+            np.kron(np.concatenate(list(frames), 1), np.ones((2, 2, 1), np.uint8))
+        )
+        video.append(
+            annotate(tiled, [f"t={t} progress={phi:.2f}", "SUCCESS" if info.get("success") else ""])
+        )
         obs, _, term, trunc, info = env.step(policy.predict(obs, deterministic=True)[0])
         frames = env.unwrapped.render_views()
         phi = float(pm.predict(frames[None], [0]).progress[0])
@@ -132,14 +180,29 @@ def run(cfg: DemoConfig) -> dict:
     grm_eval = evaluate_grm(model_dir, demos, eval_store, out, cfg.exploit_sequences)
     rl = train_policies(cfg, model_dir, demos, out)
     video = policy_video(cfg, model_dir, demos, out)
-    keys = ("voc", "progress_mae", "progress_pearson", "outcome_accuracy", "false_success_rate", "epic_distance")
-    report = {"env": cfg.env, "demos": demos, "rollouts": eval_store, "grm": str(model_dir),
-              "grm_eval": {k: grm_eval.get(k) for k in keys},
-              "rl_final_success": {k: v["success_mean"][-1] for k, v in rl.items()},
-              "policy_video": str(video), "wall_time_s": round(time.time() - t0, 1)}
+    keys = (
+        "voc",
+        "progress_mae",
+        "progress_pearson",
+        "outcome_accuracy",
+        "false_success_rate",
+        "epic_distance",
+    )
+    report = {
+        "env": cfg.env,
+        "demos": demos,
+        "rollouts": eval_store,
+        "grm": str(model_dir),
+        "grm_eval": {k: grm_eval.get(k) for k in keys},
+        "rl_final_success": {k: v["success_mean"][-1] for k, v in rl.items()},
+        "policy_video": str(video),
+        "wall_time_s": round(time.time() - t0, 1),
+    }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    print(f"\ndemo done in {report['wall_time_s']} s: report in {out}/ "
-          "(report.json, eval/ plots and videos, rl/curves.png, policy_pbrs.mp4)")
+    print(
+        f"\ndemo done in {report['wall_time_s']} s: report in {out}/ "
+        "(report.json, eval/ plots and videos, rl/curves.png, policy_pbrs.mp4)"
+    )
     return report
 
 

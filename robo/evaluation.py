@@ -631,12 +631,16 @@ def _outcome_figures(records: Sequence[ScoredEpisode], thresholds: Thresholds) -
     }
 
 
-def _accuracy_without(records: Sequence[ScoredEpisode], policy: str, thresholds: Thresholds) -> float:
+def _accuracy_without(
+    records: Sequence[ScoredEpisode], policy: str, thresholds: Thresholds
+) -> float:
     kept = [r for r in records if r.policy != policy]
     if not kept:
         return float("nan")
     finals = [float(r.progress[-1]) for r in kept]
-    return outcome_accuracy(finals, [r.outcome for r in kept], thresholds.delta, thresholds.tau)["accuracy"]
+    return outcome_accuracy(finals, [r.outcome for r in kept], thresholds.delta, thresholds.tau)[
+        "accuracy"
+    ]
 
 
 def _episode_row(r: ScoredEpisode, thresholds: Thresholds) -> dict[str, Any]:

@@ -43,7 +43,9 @@ def annotate(image: np.ndarray, lines: list[str]) -> np.ndarray:
     for i, text in enumerate(lines):
         y = 14 + 14 * i
         cv2.putText(image, text, (4, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(image, text, (4, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            image, text, (4, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA
+        )
     return image
 
 
@@ -70,11 +72,14 @@ def episode_video_frames(store: EpisodeStore, index: int, scale: int = 2, overla
         tiled = np.concatenate(list(ep.frames[t]), axis=1)
         tiled = np.ascontiguousarray(np.kron(tiled, np.ones((scale, scale, 1), np.uint8)))
         if overlay:
-            annotate(tiled, [
-                f"{ep.policy}  t={t}",
-                f"stage {int(ep.stage[t])}  p={float(ep.privileged_progress[t]):.2f}"
-                + ("  SUCCESS" if ep.success[t] else ""),
-            ])
+            annotate(
+                tiled,
+                [
+                    f"{ep.policy}  t={t}",
+                    f"stage {int(ep.stage[t])}  p={float(ep.privileged_progress[t]):.2f}"
+                    + ("  SUCCESS" if ep.success[t] else ""),
+                ],
+            )
         out.append(tiled)
     return np.stack(out), ep
 
@@ -85,9 +90,13 @@ def preview(cfg: PreviewConfig) -> Path:
         raise RoboError(f"{cfg.data} has no complete episodes to preview")
     index = cfg.episode % len(store) if -len(store) <= cfg.episode < len(store) else None
     if index is None:
-        raise RoboError(f"--episode {cfg.episode} is out of range: {cfg.data} has {len(store)} episodes")
+        raise RoboError(
+            f"--episode {cfg.episode} is out of range: {cfg.data} has {len(store)} episodes"
+        )
     frames, ep = episode_video_frames(store, index, cfg.scale, cfg.overlay)
     out = cfg.out or f"{cfg.data.rstrip('/')}_ep{index}.mp4"
     path = write_video(out, frames, cfg.fps)
-    print(f"wrote {path} ({len(frames)} frames, views {','.join(store.views)}, outcome {ep.outcome})")
+    print(
+        f"wrote {path} ({len(frames)} frames, views {','.join(store.views)}, outcome {ep.outcome})"
+    )
     return path

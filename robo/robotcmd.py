@@ -48,7 +48,9 @@ class RobotRunConfig:
 
     def __post_init__(self) -> None:
         if not self.robot:
-            raise RoboError("--robot is required: a robot config such as configs/robots/sim_tabletop.yaml")
+            raise RoboError(
+                "--robot is required: a robot config such as configs/robots/sim_tabletop.yaml"
+            )
         if self.episodes < 1 or self.max_steps < 1:
             raise RoboError("--episodes and --max_steps must be positive")
 
@@ -77,7 +79,9 @@ def _context(cfg: RobotRunConfig, reward):
 
 
 def _image_keys(robot) -> list[str]:
-    return [k for k, v in robot.observation_features.items() if isinstance(v, tuple) and len(v) == 3]
+    return [
+        k for k, v in robot.observation_features.items() if isinstance(v, tuple) and len(v) == 3
+    ]
 
 
 def _episode(result, robot, cfg: RobotRunConfig, index: int, sim_success: bool | None):
@@ -92,17 +96,33 @@ def _episode(result, robot, cfg: RobotRunConfig, index: int, sim_success: bool |
     actions = np.zeros((len(obs), len(akeys)), np.float32)
     for t, sent in enumerate(result.rows["sent"]):
         actions[t] = [sent.get(k, 0.0) for k in akeys]
-    label = result.label or ({True: "success", False: "failure"}.get(sim_success) if sim_success is not None else None)
+    label = result.label or (
+        {True: "success", False: "failure"}.get(sim_success) if sim_success is not None else None
+    )
     rewards = np.zeros(len(obs), np.float32)
     rewards[1 : 1 + len(result.rewards)] = result.rewards
     success = np.zeros(len(obs), bool)
     success[-1] = label == "success"
-    return Episode(frames=frames, states=states, actions=actions, env_reward=rewards, success=success,
-                   stage=np.full(len(obs), -1, np.int16), privileged_progress=np.full(len(obs), np.nan, np.float32),
-                   task="", env_id=_env_id(robot), seed=index, policy=cfg.label_policy or cfg.policy.split(":")[0],
-                   outcome=label if label in ("success", "failure") else "partial",
-                   extra={"operator_label": result.label, "progress": result.progress, "timing": result.timing,
-                          "model_success": result.model_success})
+    return Episode(
+        frames=frames,
+        states=states,
+        actions=actions,
+        env_reward=rewards,
+        success=success,
+        stage=np.full(len(obs), -1, np.int16),
+        privileged_progress=np.full(len(obs), np.nan, np.float32),
+        task="",
+        env_id=_env_id(robot),
+        seed=index,
+        policy=cfg.label_policy or cfg.policy.split(":")[0],
+        outcome=label if label in ("success", "failure") else "partial",
+        extra={
+            "operator_label": result.label,
+            "progress": result.progress,
+            "timing": result.timing,
+            "model_success": result.model_success,
+        },
+    )
 
 
 def _env_id(robot) -> str:
@@ -125,27 +145,49 @@ def run(cfg: RobotRunConfig) -> list[dict]:
         print("keys: s success, f failure, e end, p pause, q quit (then Enter)")
     summaries = []
     with robot:  # always a safe disconnect, also on exceptions and Ctrl-C
-        loop = ControlLoop(robot, make_policy(cfg.policy, robot), cfg.rate_hz or robot.config.control_hz,
-                           reward, _context(cfg, reward))
+        loop = ControlLoop(
+            robot,
+            make_policy(cfg.policy, robot),
+            cfg.rate_hz or robot.config.control_hz,
+            reward,
+            _context(cfg, reward),
+        )
         store = None
         for k in range(cfg.episodes):
             if hasattr(robot, "reset") and k:
                 robot.reset(seed=k)
             result = loop.run_episode(events, cfg.max_steps)
             env = getattr(robot, "unwrapped", None)
-            sim_success = bool(env._success()) if env is not None and hasattr(env, "_success") else None
+            sim_success = (
+                bool(env._success()) if env is not None and hasattr(env, "_success") else None
+            )
             if cfg.out:
                 ep = _episode(result, robot, cfg, k, sim_success)
                 if store is None:
-                    store = open_or_create(cfg.out, ep.env_id, _image_keys(robot), ep.frames.shape[2],
-                                           ep.states.shape[1], ep.actions.shape[1])
+                    store = open_or_create(
+                        cfg.out,
+                        ep.env_id,
+                        _image_keys(robot),
+                        ep.frames.shape[2],
+                        ep.states.shape[1],
+                        ep.actions.shape[1],
+                    )
                 store.append_episode(ep)
-            summaries.append({"episode": k, "steps": result.steps, "label": result.label,
-                              "sim_success": sim_success, **result.timing})
+            summaries.append(
+                {
+                    "episode": k,
+                    "steps": result.steps,
+                    "label": result.label,
+                    "sim_success": sim_success,
+                    **result.timing,
+                }
+            )
             t = result.timing
-            print(f"episode {k}: {result.steps} steps, label {result.label}, sim success {sim_success}, "
-                  f"jitter {t.get('jitter_ms', 0):.2f} ms, compute p99 {t.get('compute_p99_ms', 0):.1f} ms, "
-                  f"overruns {t.get('overruns', 0)}")
+            print(
+                f"episode {k}: {result.steps} steps, label {result.label}, sim success {sim_success}, "
+                f"jitter {t.get('jitter_ms', 0):.2f} ms, compute p99 {t.get('compute_p99_ms', 0):.1f} ms, "
+                f"overruns {t.get('overruns', 0)}"
+            )
             if result.quit:
                 break
     stop.set()

@@ -49,7 +49,9 @@ def check_gamma(gamma: float) -> float:
     return float(gamma)
 
 
-def shaped_reward(mode: ShapingMode, r_gold, phi, phi_next, terminated, gamma: float, r_env=None) -> np.ndarray:
+def shaped_reward(
+    mode: ShapingMode, r_gold, phi, phi_next, terminated, gamma: float, r_env=None
+) -> np.ndarray:
     """Vectorised reward of one step for every mode (see module docstring)."""
     r_gold, phi, phi_next = (np.asarray(x, np.float64) for x in (r_gold, phi, phi_next))
     terminated = np.asarray(terminated, bool)
@@ -96,12 +98,16 @@ def check_model_views(model, env) -> None:
     views = _env_views(env)
     missing = [v for v in model.views if v not in views]
     if missing:
-        raise RoboError(f"the reward model needs views {missing} but the env renders {list(views)}: "
-                        f"make the env with views={tuple(model.views)}")
+        raise RoboError(
+            f"the reward model needs views {missing} but the env renders {list(views)}: "
+            f"make the env with views={tuple(model.views)}"
+        )
     size = tuple(getattr(env.unwrapped, "image_size", model.image_size))
     if size != tuple(model.image_size):
-        raise RoboError(f"the reward model expects {model.image_size[0]}x{model.image_size[1]} px frames but the env "
-                        f"renders {size[0]}x{size[1]}: make the env with image_size={model.image_size[0]}")
+        raise RoboError(
+            f"the reward model expects {model.image_size[0]}x{model.image_size[1]} px frames but the env "
+            f"renders {size[0]}x{size[1]}: make the env with image_size={model.image_size[0]}"
+        )
 
 
 class RenderViewsInfo(gym.Wrapper):
@@ -138,7 +144,9 @@ class _Shaper:
         out = self.model.reset(list(indices), [self.contexts[i] for i in indices], frames)
         self.phi[list(indices)] = out.progress.numpy()
 
-    def step(self, frames, env_reward, infos, terminated, truncated) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    def step(
+        self, frames, env_reward, infos, terminated, truncated
+    ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
         """Rewards for one vectorised step; ``frames`` are those of the states reached."""
         out = self.model.predict(frames, list(range(len(frames))))
         phi_next = out.progress.numpy().astype(np.float64)
@@ -146,17 +154,28 @@ class _Shaper:
         env_success = np.array([bool(i.get("success", False)) for i in infos])
         success = env_success if self.cfg.success_source is SuccessSource.env else model_success
         r_gold = self.cfg.success_bonus * success
-        reward = shaped_reward(self.cfg.mode, r_gold, self.phi, phi_next, terminated, self.cfg.gamma, env_reward)
+        reward = shaped_reward(
+            self.cfg.mode, r_gold, self.phi, phi_next, terminated, self.cfg.gamma, env_reward
+        )
         terms = []
         for k in range(len(frames)):
-            terms.append({
-                "mode": self.cfg.mode.value, "potential": float(self.phi[k]), "next_potential": float(phi_next[k]),
-                "shaping": float(reward[k] - r_gold[k]) if self.cfg.mode is not ShapingMode.oracle else 0.0,
-                "success_bonus": float(r_gold[k]), "env_reward": float(env_reward[k]),
-                "model_success": bool(model_success[k]), "model_success_prob": float(out.success[k]),
-                "env_success": bool(env_success[k]), "confidence": float(out.confidence[k]),
-                "has_model": bool(self.model.views),
-            })
+            terms.append(
+                {
+                    "mode": self.cfg.mode.value,
+                    "potential": float(self.phi[k]),
+                    "next_potential": float(phi_next[k]),
+                    "shaping": float(reward[k] - r_gold[k])
+                    if self.cfg.mode is not ShapingMode.oracle
+                    else 0.0,
+                    "success_bonus": float(r_gold[k]),
+                    "env_reward": float(env_reward[k]),
+                    "model_success": bool(model_success[k]),
+                    "model_success_prob": float(out.success[k]),
+                    "env_success": bool(env_success[k]),
+                    "confidence": float(out.confidence[k]),
+                    "has_model": bool(self.model.views),
+                }
+            )
         self.phi = phi_next
         return reward.astype(np.float32), model_success, terms
 
@@ -169,7 +188,9 @@ class RewardVecEnvWrapper(VecEnvWrapper):
     episode; the terminal transition is scored on the terminal state's frames.
     """
 
-    def __init__(self, venv: VecEnv, model, cfg: ShapingConfig, context: TaskContext | Sequence[TaskContext]):
+    def __init__(
+        self, venv: VecEnv, model, cfg: ShapingConfig, context: TaskContext | Sequence[TaskContext]
+    ):
         super().__init__(venv)
         contexts = [context] * venv.num_envs if isinstance(context, TaskContext) else list(context)
         self.shaper = _Shaper(model, cfg, contexts)
@@ -182,8 +203,10 @@ class RewardVecEnvWrapper(VecEnvWrapper):
         self.venv.reset()
         infos = getattr(self.venv, "reset_infos", [{}])
         if "success" not in (infos[0] if infos else {}):
-            raise RoboError("sparse reward needs the env's success signal (info['success']), which this env lacks: "
-                            "use success_source=model")
+            raise RoboError(
+                "sparse reward needs the env's success signal (info['success']), which this env lacks: "
+                "use success_source=model"
+            )
 
     def reset(self):
         obs = self.venv.reset()
@@ -232,13 +255,20 @@ class ShapedRewardWrapper(gym.Wrapper):
 
     def step(self, action):
         obs, env_reward, term, trunc, info = self.env.step(action)
-        reward, _, terms = self.shaper.step(info.pop("frames")[None], np.array([env_reward]), [info],
-                                            np.array([term]), np.array([trunc]))
+        reward, _, terms = self.shaper.step(
+            info.pop("frames")[None],
+            np.array([env_reward]),
+            [info],
+            np.array([term]),
+            np.array([trunc]),
+        )
         info["reward_terms"], info["original_env_rew"] = terms[0], float(env_reward)
         return obs, float(reward[0]), term, trunc, info
 
 
-def make_reward_vec_env(env_fns, model, cfg: ShapingConfig, context, subprocess: bool = False) -> RewardVecEnvWrapper:
+def make_reward_vec_env(
+    env_fns, model, cfg: ShapingConfig, context, subprocess: bool = False
+) -> RewardVecEnvWrapper:
     """``env_fns`` -> (Dummy|Subproc)VecEnv of envs rendering the model's views -> shaped rewards."""
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 

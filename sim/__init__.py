@@ -50,7 +50,9 @@ def _register() -> None:
 
 def list_envs() -> list[str]:
     """All env ids this package provides."""
-    return [f"tabletop/{n}-v0" for n in TABLETOP_TASKS] + [f"metaworld/{n}" for n in _metaworld_names()]
+    return [f"tabletop/{n}-v0" for n in TABLETOP_TASKS] + [
+        f"metaworld/{n}" for n in _metaworld_names()
+    ]
 
 
 def make(env_id: str, **kwargs) -> gym.Env:

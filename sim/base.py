@@ -70,13 +70,17 @@ def validate_image_size(size: int | tuple[int, int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def validate_views(views, available: dict[str, str] | tuple[str, ...], env_id: str) -> tuple[str, ...]:
+def validate_views(
+    views, available: dict[str, str] | tuple[str, ...], env_id: str
+) -> tuple[str, ...]:
     """Check requested view names against the task's cameras (``available`` may map aliases)."""
     if isinstance(views, str):
         views = tuple(v.strip() for v in views.split(",") if v.strip())
     views = tuple(views)
     if not views:
-        raise SimError(f"no camera views requested for {env_id}: pass e.g. views=('front', 'side', 'wrist')")
+        raise SimError(
+            f"no camera views requested for {env_id}: pass e.g. views=('front', 'side', 'wrist')"
+        )
     names = tuple(available)
     for v in views:
         if v not in names:

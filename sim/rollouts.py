@@ -130,7 +130,10 @@ class NearMissRollout(ExpertRollout):
 
     def act(self, obs, info):
         if self.slip_left is None:
-            late = info["stage"] >= self.trigger_stage and info["privileged_progress"] >= self.trigger_at
+            late = (
+                info["stage"] >= self.trigger_stage
+                and info["privileged_progress"] >= self.trigger_at
+            )
             if not late:
                 return super().act(obs, info)
             self.slip_left = 6
@@ -213,7 +216,9 @@ def make_policy(spec: str, env, rng: np.random.Generator) -> RolloutPolicy:
         except ValueError as e:
             if isinstance(e, SimError):
                 raise
-            raise SimError(f"bad noise level in policy {spec!r}: use noisy:<sigma>, e.g. noisy:0.2") from None
+            raise SimError(
+                f"bad noise level in policy {spec!r}: use noisy:<sigma>, e.g. noisy:0.2"
+            ) from None
     table = {
         "expert": ExpertRollout,
         "near-miss": NearMissRollout,
@@ -249,12 +254,16 @@ class Rollout:
         return len(self.success)
 
 
-def run_rollout(env, policy: RolloutPolicy, seed: int, render: bool = True, max_steps: int = 1000) -> Rollout:
+def run_rollout(
+    env, policy: RolloutPolicy, seed: int, render: bool = True, max_steps: int = 1000
+) -> Rollout:
     """Run one episode of ``policy`` in ``env`` (a ``gym.make``'d task) from ``seed``."""
     u = env.unwrapped
     obs, info = env.reset(seed=seed)
     policy.reset()
-    rows: dict[str, list] = {k: [] for k in ("frames", "states", "obs", "actions", "rew", "succ", "stage", "prog")}
+    rows: dict[str, list] = {
+        k: [] for k in ("frames", "states", "obs", "actions", "rew", "succ", "stage", "prog")
+    }
 
     def record(o, r, inf):
         if render:

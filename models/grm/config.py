@@ -80,15 +80,21 @@ class GRMConfig:
         if self.num_bins < 3 or self.num_bins % 2 == 0:
             raise ValueError(f"GRMConfig.num_bins={self.num_bins} must be odd and >= 3")
         if self.d_model % self.heads:
-            raise ValueError(f"GRMConfig.d_model={self.d_model} must be divisible by heads={self.heads}")
+            raise ValueError(
+                f"GRMConfig.d_model={self.d_model} must be divisible by heads={self.heads}"
+            )
         unknown = set(self.perspectives) - set(ALL_PERSPECTIVES)
         if unknown or not self.perspectives:
-            raise ValueError(f"GRMConfig.perspectives {self.perspectives}: choose from {ALL_PERSPECTIVES}")
+            raise ValueError(
+                f"GRMConfig.perspectives {self.perspectives}: choose from {ALL_PERSPECTIVES}"
+            )
         for name in ("view_dropout", "context_dropout", "success_delta"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"GRMConfig.{name}={getattr(self, name)} must lie in [0, 1)")
         if self.encoder is not EncoderKind.cnn and not self.encoder_name:
-            raise ValueError(f"GRMConfig.encoder={self.encoder.value} needs encoder_name (a model name)")
+            raise ValueError(
+                f"GRMConfig.encoder={self.encoder.value} needs encoder_name (a model name)"
+            )
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -86,8 +86,14 @@ class FastGRM:
         backend: ``torch.compile`` backend (``inductor``; ``eager`` checks the wiring cheaply).
     """
 
-    def __init__(self, grm: GRM, autocast_dtype: torch.dtype | None = None, compile: bool = False,
-                 cuda_graphs: bool = False, backend: str = "inductor"):
+    def __init__(
+        self,
+        grm: GRM,
+        autocast_dtype: torch.dtype | None = None,
+        compile: bool = False,
+        cuda_graphs: bool = False,
+        backend: str = "inductor",
+    ):
         self.grm = grm
         self.device = next(grm.parameters()).device
         self.autocast_dtype = autocast_dtype
@@ -98,10 +104,17 @@ class FastGRM:
         if compile:
             _raise_recompile_limit(32)
             mode = "reduce-overhead" if self.cuda_graphs else None
-            self._encode = torch.compile(self._encode_impl, dynamic=False, mode=mode, backend=backend)
+            self._encode = torch.compile(
+                self._encode_impl, dynamic=False, mode=mode, backend=backend
+            )
             self._hop = torch.compile(self._hop_impl, dynamic=False, mode=mode, backend=backend)
-        self.settings = FastSettings(self.device.type, str(autocast_dtype or torch.float32).removeprefix("torch."),
-                                     compile, self.cuda_graphs, self.pad_batches)
+        self.settings = FastSettings(
+            self.device.type,
+            str(autocast_dtype or torch.float32).removeprefix("torch."),
+            compile,
+            self.cuda_graphs,
+            self.pad_batches,
+        )
 
     def __getattr__(self, name: str):
         # Only reached for attributes this proxy lacks: cfg, bins, text, text_features, expected_hop...
@@ -134,7 +147,9 @@ class FastGRM:
             frames = _pad_rows(frames, bucket(n))
         return self._run(self._encode, n, frames)
 
-    def hop_logits(self, feats: dict, masks: dict, text: torch.Tensor | None = None) -> torch.Tensor:
+    def hop_logits(
+        self, feats: dict, masks: dict, text: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Float32 hop logits ``(B, num_bins)`` (see :meth:`GRM.hop_logits`)."""
         n = next(iter(feats.values())).shape[0]
         if self.pad_batches:
@@ -153,8 +168,13 @@ def _raise_recompile_limit(limit: int) -> None:
             setattr(cfg, name, limit)
 
 
-def make_fast(pm: GRMProgressModel, dtype: DType = "auto", compile: bool = False, cuda_graphs: bool | None = None,
-              backend: str = "inductor") -> GRMProgressModel:
+def make_fast(
+    pm: GRMProgressModel,
+    dtype: DType = "auto",
+    compile: bool = False,
+    cuda_graphs: bool | None = None,
+    backend: str = "inductor",
+) -> GRMProgressModel:
     """Prepare ``pm`` for fast inference in place and return it.
 
     Args:
@@ -178,7 +198,9 @@ def make_fast(pm: GRMProgressModel, dtype: DType = "auto", compile: bool = False
         torch.backends.cudnn.allow_tf32 = True
     grm = grm.eval().to(memory_format=torch.channels_last)
     graphs = (device.type == "cuda") if cuda_graphs is None else cuda_graphs
-    pm.model = FastGRM(grm, resolve_dtype(dtype, device), compile=compile, cuda_graphs=graphs, backend=backend)
+    pm.model = FastGRM(
+        grm, resolve_dtype(dtype, device), compile=compile, cuda_graphs=graphs, backend=backend
+    )
     return pm
 
 
@@ -201,7 +223,10 @@ def warmup(pm: GRMProgressModel, max_batch: int = 64) -> int:
         model.encode(torch.zeros((b, v, *cfg.image_size, 3), dtype=torch.uint8, device=pm.device))
     text = model.text_features(["warm up"], pm.device)
     for b in hop_sizes:
-        feats = {r: torch.zeros((b, v, d), device=pm.device) for r in ("start", "goal", "before", "after")}
+        feats = {
+            r: torch.zeros((b, v, d), device=pm.device)
+            for r in ("start", "goal", "before", "after")
+        }
         masks = {r: torch.zeros((b, v), dtype=torch.bool, device=pm.device) for r in feats}
         model.hop_logits(feats, masks, None if text is None else text.expand(b, -1))
     if pm.device.type == "cuda":

@@ -43,7 +43,12 @@ class GRMProgressModel:
         device: torch device for inference.
     """
 
-    def __init__(self, model: GRM, perspectives: Sequence[str] | None = None, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        model: GRM,
+        perspectives: Sequence[str] | None = None,
+        device: str | torch.device = "cpu",
+    ):
         self.model = model.eval().to(device)
         self.cfg = model.cfg
         self.device = torch.device(device)
@@ -52,7 +57,9 @@ class GRMProgressModel:
         self.perspectives = tuple(perspectives or self.cfg.perspectives)
         bad = set(self.perspectives) - {"incremental", "forward", "backward"}
         if bad or not self.perspectives:
-            raise ModelInputError(f"unknown perspectives {sorted(bad)}: use incremental, forward, backward")
+            raise ModelInputError(
+                f"unknown perspectives {sorted(bad)}: use incremental, forward, backward"
+            )
         self._state: dict[int, dict[str, torch.Tensor]] = {}
         self.success_bin = self.model.bins >= -self.cfg.success_delta
 
@@ -61,15 +68,21 @@ class GRMProgressModel:
         return cls(GRM.from_pretrained(directory), **kwargs)
 
     # ------------------------------------------------------------------ inputs
-    def _frames(self, frames, views: Sequence[str] | None, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _frames(
+        self, frames, views: Sequence[str] | None, what: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Validate frames given for ``views`` (default all); return full-view frames and a missing mask."""
         views = tuple(views or self.views)
         unknown = [v for v in views if v not in self.views]
         if unknown:
-            raise ModelInputError(f"{what}: unknown views {unknown}; the model knows {', '.join(self.views)}")
+            raise ModelInputError(
+                f"{what}: unknown views {unknown}; the model knows {', '.join(self.views)}"
+            )
         frames = check_frames(frames, views, self.image_size, what)
         if views == self.views:
-            return frames.to(self.device), torch.zeros(frames.shape[:2], dtype=torch.bool, device=self.device)
+            return frames.to(self.device), torch.zeros(
+                frames.shape[:2], dtype=torch.bool, device=self.device
+            )
         if self.cfg.view_dropout <= 0:
             raise ModelInputError(
                 f"{what}: views {', '.join(set(self.views) - set(views))} are missing and this model "
@@ -86,17 +99,23 @@ class GRMProgressModel:
     def _context_feats(self, frames: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
         v, d = len(self.views), self.cfg.d_model
         if frames is None:
-            return torch.zeros(v, d, device=self.device), torch.ones(v, dtype=torch.bool, device=self.device)
+            return torch.zeros(v, d, device=self.device), torch.ones(
+                v, dtype=torch.bool, device=self.device
+            )
         f, mask = self._frames(np.asarray(frames)[None], None, "context frames")
         return self.model.encode(f)[0], mask[0]
 
     # ------------------------------------------------------------------ contract
     @torch.inference_mode()
-    def reset(self, env_indices: Sequence[int], contexts: Sequence[TaskContext], frames, views=None) -> ProgressOutput:
+    def reset(
+        self, env_indices: Sequence[int], contexts: Sequence[TaskContext], frames, views=None
+    ) -> ProgressOutput:
         """Start episodes; returns the progress of their first frames."""
         env_indices = [int(i) for i in env_indices]
         if len(contexts) != len(env_indices):
-            raise ModelInputError(f"reset got {len(env_indices)} env indices but {len(contexts)} contexts")
+            raise ModelInputError(
+                f"reset got {len(env_indices)} env indices but {len(contexts)} contexts"
+            )
         frames, mask = self._frames(frames, views, "first frames")
         feats = self.model.encode(frames)
         for k, (i, ctx) in enumerate(zip(env_indices, contexts, strict=True)):
@@ -104,22 +123,35 @@ class GRMProgressModel:
             goal, goal_m = self._context_feats(ctx.goal_frames)
             text = self.model.text_features([ctx.text], self.device)
             self._state[i] = {
-                "start": start, "start_mask": start_m, "goal": goal, "goal_mask": goal_m,
+                "start": start,
+                "start_mask": start_m,
+                "goal": goal,
+                "goal_mask": goal_m,
                 "text": None if text is None else text[0],
-                "prev": feats[k], "prev_mask": mask[k], "phi": torch.zeros((), device=self.device),
+                "prev": feats[k],
+                "prev_mask": mask[k],
+                "phi": torch.zeros((), device=self.device),
             }
         return self._step(feats, mask, env_indices, first=True)
 
     @torch.inference_mode()
-    def predict(self, frames, env_indices: Sequence[int] | None = None, views=None) -> ProgressOutput:
+    def predict(
+        self, frames, env_indices: Sequence[int] | None = None, views=None
+    ) -> ProgressOutput:
         """Progress of the current frames; advances each environment's state."""
         frames, mask = self._frames(frames, views, "frames")
-        env_indices = list(range(frames.shape[0])) if env_indices is None else [int(i) for i in env_indices]
+        env_indices = (
+            list(range(frames.shape[0])) if env_indices is None else [int(i) for i in env_indices]
+        )
         if len(env_indices) != frames.shape[0]:
-            raise ModelInputError(f"{frames.shape[0]} frame sets but {len(env_indices)} env indices")
+            raise ModelInputError(
+                f"{frames.shape[0]} frame sets but {len(env_indices)} env indices"
+            )
         missing = [i for i in env_indices if i not in self._state]
         if missing:
-            raise ModelInputError(f"env indices {missing} were never reset: call reset() with their task context")
+            raise ModelInputError(
+                f"env indices {missing} were never reset: call reset() with their task context"
+            )
         return self._step(self.model.encode(frames), mask, env_indices, first=False)
 
     # ------------------------------------------------------------------ fusion
@@ -130,15 +162,21 @@ class GRMProgressModel:
         persp = [p for p in self.perspectives if not (first and p == "incremental")] or ["forward"]
         ctx = {r: self._gather(env_indices, r) for r in ("start", "goal")}
         ctx_m = {r: self._gather(env_indices, f"{r}_mask") for r in ("start", "goal")}
-        before = {"incremental": ("prev", "prev_mask"), "forward": ("start", "start_mask"), "backward": ("goal", "goal_mask")}
+        before = {
+            "incremental": ("prev", "prev_mask"),
+            "forward": ("start", "start_mask"),
+            "backward": ("goal", "goal_mask"),
+        }
         n = len(persp)
         feats = {
-            "start": ctx["start"].repeat(n, 1, 1), "goal": ctx["goal"].repeat(n, 1, 1),
+            "start": ctx["start"].repeat(n, 1, 1),
+            "goal": ctx["goal"].repeat(n, 1, 1),
             "before": torch.cat([self._gather(env_indices, before[p][0]) for p in persp]),
             "after": cur.repeat(n, 1, 1),
         }
         masks = {
-            "start": ctx_m["start"].repeat(n, 1), "goal": ctx_m["goal"].repeat(n, 1),
+            "start": ctx_m["start"].repeat(n, 1),
+            "goal": ctx_m["goal"].repeat(n, 1),
             "before": torch.cat([self._gather(env_indices, before[p][1]) for p in persp]),
             "after": cur_mask.repeat(n, 1),
         }
@@ -151,11 +189,17 @@ class GRMProgressModel:
         phi_prev = self._gather(env_indices, "phi")
         est = {}
         for k, p in enumerate(persp):
-            base = {"incremental": phi_prev, "forward": torch.zeros_like(phi_prev), "backward": torch.ones_like(phi_prev)}[p]
+            base = {
+                "incremental": phi_prev,
+                "forward": torch.zeros_like(phi_prev),
+                "backward": torch.ones_like(phi_prev),
+            }[p]
             est[p] = apply_hop_t(base, hops[k])
         mean = torch.stack(list(est.values())).mean(0)
         if "forward" in est and "backward" in est:
-            delta = (est["backward"] - est["forward"]).abs() / (0.5 * (est["backward"] + est["forward"]) + EPS)
+            delta = (est["backward"] - est["forward"]).abs() / (
+                0.5 * (est["backward"] + est["forward"]) + EPS
+            )
             w = torch.exp(-self.cfg.fusion_alpha * delta**2)
         else:
             w = torch.ones_like(mean)

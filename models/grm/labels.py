@@ -16,7 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def stepwise_progress(stage: np.ndarray, num_stages: int, success: np.ndarray | None = None) -> np.ndarray:
+def stepwise_progress(
+    stage: np.ndarray, num_stages: int, success: np.ndarray | None = None
+) -> np.ndarray:
     """Progress labels ``(T,)`` of one demo from its per-frame stage annotation.
 
     Stage labels are made monotone (a demo does not go back a stage); frames from the

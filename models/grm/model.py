@@ -62,7 +62,11 @@ class ConvEncoder(nn.Module):
         layers, c_in = [], 3
         for i, c in enumerate(channels):
             k, s = (4, 2) if i == 0 else (3, 2 if i < len(channels) - 1 else 1)
-            layers += [nn.Conv2d(c_in, c, k, s, (k - 1) // 2), nn.GroupNorm(8, c), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(c_in, c, k, s, (k - 1) // 2),
+                nn.GroupNorm(8, c),
+                nn.ReLU(inplace=True),
+            ]
             c_in = c
         self.body = nn.Sequential(*layers)
         self.keypoints = SpatialSoftmax()
@@ -92,11 +96,19 @@ class BackboneEncoder(nn.Module):
         if cfg.encoder_weights:
             path = Path(cfg.encoder_weights)
             if not path.is_file():
-                raise ModelInputError(f"encoder weights {path} not found: put the {cfg.encoder_name} weights file there")
-            state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu")
+                raise ModelInputError(
+                    f"encoder weights {path} not found: put the {cfg.encoder_name} weights file there"
+                )
+            state = (
+                load_file(str(path))
+                if path.suffix == ".safetensors"
+                else torch.load(path, map_location="cpu")
+            )
             missing, unexpected = self.net.load_state_dict(state, strict=False)
             if len(missing) > len(state) // 2:
-                raise ModelInputError(f"{path} does not hold {cfg.encoder_name} weights ({len(missing)} tensors missing)")
+                raise ModelInputError(
+                    f"{path} does not hold {cfg.encoder_name} weights ({len(missing)} tensors missing)"
+                )
         self.proj = nn.Linear(width, cfg.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,19 +132,29 @@ class GRM(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.encoder = ConvEncoder(cfg.channels, d, cfg.encoder_resolution) if cfg.encoder is EncoderKind.cnn else BackboneEncoder(cfg)
+        self.encoder = (
+            ConvEncoder(cfg.channels, d, cfg.encoder_resolution)
+            if cfg.encoder is EncoderKind.cnn
+            else BackboneEncoder(cfg)
+        )
         self.view_emb = nn.Parameter(torch.randn(len(cfg.views), d) * 0.02)
         self.role_emb = nn.Parameter(torch.randn(len(ROLES) + len(DIFFS), d) * 0.02)
         self.diff_proj = nn.Linear(d, d)
         self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.text = nn.EmbeddingBag(cfg.text_buckets, d, mode="mean") if cfg.text_buckets else None
-        layer = nn.TransformerEncoderLayer(d, cfg.heads, 2 * d, dropout=0.0, activation="relu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d, cfg.heads, 2 * d, dropout=0.0, activation="relu", batch_first=True, norm_first=True
+        )
         self.fusion = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.head = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, cfg.num_bins))
         self.register_buffer("bins", torch.linspace(-1, 1, cfg.num_bins), persistent=False)
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False
+        )
 
     # ------------------------------------------------------------------ encoding
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
@@ -140,7 +162,9 @@ class GRM(nn.Module):
         b, v = frames.shape[:2]
         x = frames.reshape(b * v, *frames.shape[2:]).permute(0, 3, 1, 2).float()
         x = resize(x, getattr(self.encoder, "resolution", None))
-        x = ((x * (1.0 / 255.0) - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        x = ((x * (1.0 / 255.0) - self.mean) / self.std).contiguous(
+            memory_format=torch.channels_last
+        )
         feats = self.encoder(x).view(b, v, -1)
         return feats + self.view_emb[:v]
 
@@ -151,7 +175,9 @@ class GRM(nn.Module):
         return self.text(ids.to(device), offsets.to(device))
 
     # ------------------------------------------------------------------ fusion
-    def hop_logits(self, feats: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], text=None) -> torch.Tensor:
+    def hop_logits(
+        self, feats: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], text=None
+    ) -> torch.Tensor:
         """Hop logits ``(B, num_bins)`` from encoded frame sets.
 
         Args:
@@ -193,9 +219,15 @@ class GRM(nn.Module):
         for role in ROLES:
             idx = batch[f"{role}_idx"]
             feats[role] = feats_all[idx]
-            default = torch.zeros((len(idx), frames.shape[1]), dtype=torch.bool, device=frames.device)
+            default = torch.zeros(
+                (len(idx), frames.shape[1]), dtype=torch.bool, device=frames.device
+            )
             masks[role] = batch.get(f"{role}_mask", default)
-        text = self.text_features(batch["text"], frames.device) if batch.get("text") is not None else None
+        text = (
+            self.text_features(batch["text"], frames.device)
+            if batch.get("text") is not None
+            else None
+        )
         return self.hop_logits(feats, masks, text)
 
     # ------------------------------------------------------------------ persistence
@@ -205,7 +237,9 @@ class GRM(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"architecture": ARCH, "config": self.cfg.to_dict(), **(extra or {})}
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2, default=str))
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / WEIGHTS_FILE))
+        save_file(
+            {k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / WEIGHTS_FILE)
+        )
         return directory
 
     @classmethod
@@ -214,21 +248,31 @@ class GRM(nn.Module):
         directory = Path(directory)
         cfg_path, w_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         if not cfg_path.is_file() or not w_path.is_file():
-            raise ModelInputError(f"{directory} is not a GRM checkpoint: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+            raise ModelInputError(
+                f"{directory} is not a GRM checkpoint: it needs {CONFIG_FILE} and {WEIGHTS_FILE}"
+            )
         try:
             meta = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as e:
-            raise ModelInputError(f"{cfg_path} is corrupt ({e.msg}): re-export the checkpoint") from None
+            raise ModelInputError(
+                f"{cfg_path} is corrupt ({e.msg}): re-export the checkpoint"
+            ) from None
         if meta.get("architecture") != ARCH:
-            raise ModelInputError(f"{directory} holds a {meta.get('architecture')!r} model, not a GRM")
+            raise ModelInputError(
+                f"{directory} holds a {meta.get('architecture')!r} model, not a GRM"
+            )
         model = cls(GRMConfig.from_dict(meta["config"]))
         try:
             state = load_file(str(w_path), device=map_location)
         except Exception as e:  # noqa: BLE001 - safetensors raises several types
-            raise ModelInputError(f"{w_path} is corrupt or not safetensors ({type(e).__name__}): re-export it") from None
+            raise ModelInputError(
+                f"{w_path} is corrupt or not safetensors ({type(e).__name__}): re-export it"
+            ) from None
         try:
             model.load_state_dict(state)
         except RuntimeError:
-            raise ModelInputError(f"{w_path} does not match the architecture in {cfg_path}: wrong checkpoint?") from None
+            raise ModelInputError(
+                f"{w_path} does not match the architecture in {cfg_path}: wrong checkpoint?"
+            ) from None
         model.metadata = meta
         return model

@@ -43,13 +43,17 @@ class AdaptConfig:
     seed: int = 0
     # torch threads (0: leave torch's default).
     threads: int = 0
-    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(p_swap_context=0.0, p_outcome=0.0))
+    sampler: SamplerConfig = field(
+        default_factory=lambda: SamplerConfig(p_swap_context=0.0, p_outcome=0.0)
+    )
 
     def __post_init__(self) -> None:
         if not self.model or not self.demo:
             raise RoboError("--model (a GRM folder) and --demo (<store>:<episode>) are required")
         if ":" not in self.demo.rstrip("/").split("/")[-1]:
-            raise RoboError(f"--demo {self.demo}: write it as <store>:<episode index>, e.g. data/door-lock:0")
+            raise RoboError(
+                f"--demo {self.demo}: write it as <store>:<episode index>, e.g. data/door-lock:0"
+            )
         if self.steps < 1:
             raise RoboError("--steps must be positive")
 
@@ -59,7 +63,9 @@ class AdaptConfig:
         try:
             return url, int(index)
         except ValueError:
-            raise RoboError(f"--demo {self.demo}: the episode after ':' must be an integer") from None
+            raise RoboError(
+                f"--demo {self.demo}: the episode after ':' must be an integer"
+            ) from None
 
 
 def l2_anchor(reference: dict[str, torch.Tensor], weight: float):
@@ -78,10 +84,20 @@ def adapt(cfg: AdaptConfig) -> Path:
     url, index = cfg.store_and_episode
     model = GRM.from_pretrained(cfg.model)
     outcome_urls = [u for u in cfg.outcomes.split(",") if u]
-    sampler_cfg = replace(cfg.sampler, p_outcome=max(cfg.sampler.p_outcome, 0.3)) if outcome_urls else cfg.sampler
-    sampler = PairSampler([url], model.cfg.views, sampler_cfg, seed=cfg.seed,
-                          episode_filter=lambda u, m: u != url or m.index == index,
-                          resolution=_encoder_resolution(model.cfg), outcome_urls=outcome_urls)
+    sampler_cfg = (
+        replace(cfg.sampler, p_outcome=max(cfg.sampler.p_outcome, 0.3))
+        if outcome_urls
+        else cfg.sampler
+    )
+    sampler = PairSampler(
+        [url],
+        model.cfg.views,
+        sampler_cfg,
+        seed=cfg.seed,
+        episode_filter=lambda u, m: u != url or m.index == index,
+        resolution=_encoder_resolution(model.cfg),
+        outcome_urls=outcome_urls,
+    )
     task = sampler.tasks[0]
     if sampler.tasks[1:] and not any(t.rollout_ids for t in sampler.tasks[1:]):
         raise RoboError(f"--outcomes {cfg.outcomes}: no episodes labelled success or failure there")
@@ -90,17 +106,29 @@ def adapt(cfg: AdaptConfig) -> Path:
     if len(task.store.episode(index)) < 2:
         raise RoboError(f"episode {index} of {url} has fewer than 2 frames: nothing to learn from")
     anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
-    settings = LoopSettings(steps=cfg.steps, groups=cfg.groups, lr=cfg.lr, warmup=20, seed=cfg.seed,
-                            desc="adapt GRM", log_every=10)
+    settings = LoopSettings(
+        steps=cfg.steps,
+        groups=cfg.groups,
+        lr=cfg.lr,
+        warmup=20,
+        seed=cfg.seed,
+        desc="adapt GRM",
+        log_every=10,
+    )
     out = Path(cfg.out or f"{cfg.model.rstrip('/')}-adapted-{task.store.env_id.split('/')[-1]}")
     t0 = time.time()
     terms = fit(model, sampler, settings, None, extra_loss=l2_anchor(anchor, cfg.anchor))
     meta = dict(getattr(model, "metadata", {}))
     meta.pop("config", None)
     meta.pop("architecture", None)
-    meta["adaptation"] = {"base_model": cfg.model, "demo": {"data": url, "episode": index, "env_id": task.store.env_id},
-                          "outcomes": {t.url: t.rollout_ids for t in sampler.tasks[1:]},
-                          "steps": cfg.steps, "wall_time_s": round(time.time() - t0, 1), "final_terms": terms}
+    meta["adaptation"] = {
+        "base_model": cfg.model,
+        "demo": {"data": url, "episode": index, "env_id": task.store.env_id},
+        "outcomes": {t.url: t.rollout_ids for t in sampler.tasks[1:]},
+        "steps": cfg.steps,
+        "wall_time_s": round(time.time() - t0, 1),
+        "final_terms": terms,
+    }
     model.save_pretrained(out, extra=meta)
     print(f"adapted model saved to {out} in {meta['adaptation']['wall_time_s']} s")
     return out

@@ -90,8 +90,16 @@ class PairSampler:
         seed: RNG seed (offset per DDP rank by the caller).
     """
 
-    def __init__(self, urls: list[str], views: tuple[str, ...], cfg: SamplerConfig | None = None, seed: int = 0,
-                 episode_filter=None, resolution: int | None = None, outcome_urls: list[str] = ()):
+    def __init__(
+        self,
+        urls: list[str],
+        views: tuple[str, ...],
+        cfg: SamplerConfig | None = None,
+        seed: int = 0,
+        episode_filter=None,
+        resolution: int | None = None,
+        outcome_urls: list[str] = (),
+    ):
         self.cfg = cfg or SamplerConfig()
         self.resolution = resolution  # cache frames pre-resized to the encoder's input side
         self.rng = np.random.default_rng(seed)
@@ -109,7 +117,9 @@ class PairSampler:
         store = EpisodeStore.open(url)
         missing = [v for v in self.views if v not in store.views]
         if missing:
-            raise RoboError(f"{url} has no views {missing} (it has {', '.join(store.views)}): record them or change the model's views")
+            raise RoboError(
+                f"{url} has no views {missing} (it has {', '.join(store.views)}): record them or change the model's views"
+            )
         metas = [store.episode_meta(i) for i in range(len(store))]
         if episode_filter is not None:
             metas = [m for m in metas if episode_filter(url, m)]
@@ -125,8 +135,16 @@ class PairSampler:
 
     def describe(self) -> list[dict]:
         """What the sampler trains on: per task, the store, env id and episode indices."""
-        return [{"data": t.url, "env_id": t.store.env_id, "num_stages": t.num_stages,
-                 "demos": t.demo_ids, "outcome_rollouts": t.rollout_ids} for t in self.tasks]
+        return [
+            {
+                "data": t.url,
+                "env_id": t.store.env_id,
+                "num_stages": t.num_stages,
+                "demos": t.demo_ids,
+                "outcome_rollouts": t.rollout_ids,
+            }
+            for t in self.tasks
+        ]
 
     # ------------------------------------------------------------------ caches
     def _demo(self, task: _Task, index: int) -> _Demo:
@@ -145,7 +163,11 @@ class PairSampler:
                 task.rollouts.pop(next(iter(task.rollouts)))
             ep = task.store.episode(index)
             vidx = [task.store.views.index(v) for v in self.views]
-            task.rollouts[index] = (self._resize(ep.frames[-1:, vidx])[0], ep.outcome == "success", ep.task)
+            task.rollouts[index] = (
+                self._resize(ep.frames[-1:, vidx])[0],
+                ep.outcome == "success",
+                ep.task,
+            )
         return task.rollouts[index]
 
     def _resize(self, frames: np.ndarray) -> np.ndarray:
@@ -155,12 +177,20 @@ class PairSampler:
         t, v, h, w, _ = frames.shape
         x = torch.from_numpy(frames).reshape(t * v, h, w, 3).permute(0, 3, 1, 2).float()
         x = resize(x, self.resolution).round().clamp(0, 255).to(torch.uint8)
-        return x.permute(0, 2, 3, 1).reshape(t, v, self.resolution, self.resolution, 3).contiguous().numpy()
+        return (
+            x.permute(0, 2, 3, 1)
+            .reshape(t, v, self.resolution, self.resolution, 3)
+            .contiguous()
+            .numpy()
+        )
 
     def _pick_demo(self, task: _Task) -> tuple[int, _Demo]:
         # Mostly draw from the cache; sometimes load a new episode (bounded cache).
         cached = list(task.demos)
-        if cached and (len(cached) >= min(self.cfg.cache_episodes, len(task.demo_ids)) and self.rng.random() > 0.05):
+        if cached and (
+            len(cached) >= min(self.cfg.cache_episodes, len(task.demo_ids))
+            and self.rng.random() > 0.05
+        ):
             i = cached[self.rng.integers(len(cached))]
         else:
             i = int(self.rng.choice(task.demo_ids))
@@ -180,13 +210,19 @@ class PairSampler:
                 best, best_count = (i, j), self.hist[b]
         return best
 
-    def _group(self, task: _Task) -> tuple[list[np.ndarray], list[tuple[int, int, int, int, float]], str]:
+    def _group(
+        self, task: _Task
+    ) -> tuple[list[np.ndarray], list[tuple[int, int, int, int, float]], str]:
         """One demo + one reference context -> frames and (start, goal, before, after, hop) rows."""
         di, demo = self._pick_demo(task)
         ref = demo
         if len(task.demo_ids) > 1 and self.rng.random() < self.cfg.p_swap_context:
             others = [i for i in task.demo_ids if i != di]
-            ref = self._pick_demo(task)[1] if self.rng.random() < 0.5 else self._demo(task, int(self.rng.choice(others)))
+            ref = (
+                self._pick_demo(task)[1]
+                if self.rng.random() < 0.5
+                else self._demo(task, int(self.rng.choice(others)))
+            )
         frames = [ref.frames[0], ref.frames[-1]]  # 0: start, 1: goal
         rows = []
         c = self.cfg
@@ -206,7 +242,9 @@ class PairSampler:
             else:
                 i, j = self._pair(demo.phi)
                 frames += [demo.frames[i], demo.frames[j]]
-                rows.append((0, 1, len(frames) - 2, len(frames) - 1, float(hop(demo.phi[i], demo.phi[j]))))
+                rows.append(
+                    (0, 1, len(frames) - 2, len(frames) - 1, float(hop(demo.phi[i], demo.phi[j])))
+                )
             self.hist[int(np.clip((rows[-1][4] + 1) / 2 * 10, 0, 9))] += 1
         return frames, rows, demo.task
 
@@ -222,7 +260,9 @@ class PairSampler:
         for t in self.demo_tasks:
             if t.store.env_id == task.store.env_id:
                 return t
-        raise RoboError(f"{task.url} holds only rollouts and no store of {task.store.env_id} has demonstrations")
+        raise RoboError(
+            f"{task.url} holds only rollouts and no store of {task.store.env_id} has demonstrations"
+        )
 
     def sample(self, groups: int) -> dict:
         """A batch of ``groups`` groups (about ``groups * pairs_per_group`` pairs).
@@ -256,9 +296,13 @@ class PairSampler:
         arr = torch.from_numpy(np.stack(frames))
         arr = shift_augment(arr, self.cfg.max_shift, self.rng)
         idx = torch.tensor([r[:4] for r in rows], dtype=torch.long)
-        batch = {"frames": arr, "hop": torch.tensor([r[4] for r in rows], dtype=torch.float32), "text": texts,
-                 "outcome_idx": torch.tensor(outcome_rows, dtype=torch.long),
-                 "outcome": torch.tensor(outcome_labels, dtype=torch.float32)}
+        batch = {
+            "frames": arr,
+            "hop": torch.tensor([r[4] for r in rows], dtype=torch.float32),
+            "text": texts,
+            "outcome_idx": torch.tensor(outcome_rows, dtype=torch.long),
+            "outcome": torch.tensor(outcome_labels, dtype=torch.float32),
+        }
         for k, role in enumerate(ROLES):
             batch[f"{role}_idx"] = idx[:, k]
         return batch
@@ -275,5 +319,5 @@ def shift_augment(frames: torch.Tensor, max_shift: int, rng: np.random.Generator
     dy = rng.integers(0, 2 * max_shift + 1, n)
     dx = rng.integers(0, 2 * max_shift + 1, n)
     for k in range(n):
-        out[k * v:(k + 1) * v] = x[k * v:(k + 1) * v, :, dy[k]:dy[k] + h, dx[k]:dx[k] + w]
+        out[k * v : (k + 1) * v] = x[k * v : (k + 1) * v, :, dy[k] : dy[k] + h, dx[k] : dx[k] + w]
     return out.to(torch.uint8).view(n, v, 3, h, w).permute(0, 1, 3, 4, 2).contiguous()

@@ -50,7 +50,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if not self.model or not self.data:
-            raise RoboError("--model (e.g. grm:runs/grm/model) and --data (an episode store) are required")
+            raise RoboError(
+                "--model (e.g. grm:runs/grm/model) and --data (an episode store) are required"
+            )
         if not 0.0 <= self.delta < 1.0:
             raise RoboError(f"--delta {self.delta} must lie in [0, 1)")
         if self.exploit_method not in ("random", "cem"):
@@ -76,7 +78,9 @@ def reference_episode(cfg: EvalConfig, store: EpisodeStore):
     for i in range(len(store)):
         if store.episode_meta(i).policy == "expert":
             return store.episode(i)
-    raise RoboError(f"{cfg.data} has no expert episode to take the reference from: pass --reference <store>:<episode>")
+    raise RoboError(
+        f"{cfg.data} has no expert episode to take the reference from: pass --reference <store>:<episode>"
+    )
 
 
 def _thresholds(cfg: EvalConfig, model, store, reference):
@@ -90,7 +94,9 @@ def _thresholds(cfg: EvalConfig, model, store, reference):
         th = choose_thresholds(finals, outcomes, delta=None if cfg.search_delta else cfg.delta)
         th = Thresholds(th.delta, th.tau, f"calibrated on {cfg.data}")
         if saved is not None:
-            saved.write_text(json.dumps({"delta": th.delta, "tau": th.tau, "source": th.source}, indent=2))
+            saved.write_text(
+                json.dumps({"delta": th.delta, "tau": th.tau, "source": th.source}, indent=2)
+            )
             print(f"saved thresholds delta={th.delta:.3f} tau={th.tau:.3f} to {saved}")
         return th
     if saved is not None and saved.is_file():
@@ -110,10 +116,20 @@ def run_eval(cfg: EvalConfig) -> dict:
     reference = reference_episode(cfg, store)
     out = Path(cfg.out or f"runs/eval/{Path(cfg.data.rstrip('/')).name}")
     thresholds = _thresholds(cfg, model, store, reference)
-    summary = evaluate(model, store, reference, thresholds, out_dir=out, video_episodes=cfg.video_episodes,
-                       batch_episodes=cfg.batch_episodes, seen_in_training=cfg.seen_in_training)
+    summary = evaluate(
+        model,
+        store,
+        reference,
+        thresholds,
+        out_dir=out,
+        video_episodes=cfg.video_episodes,
+        batch_episodes=cfg.batch_episodes,
+        seen_in_training=cfg.seen_in_training,
+    )
     if cfg.exploit_sequences > 0:
-        summary["exploitation"] = _exploitation(cfg, model, store, reference, thresholds, exploitation_test)
+        summary["exploitation"] = _exploitation(
+            cfg, model, store, reference, thresholds, exploitation_test
+        )
     summary["model"] = cfg.spec
     (out / "summary.json").write_text(json.dumps(_clean(summary), indent=2, default=str))
     _print(summary)
@@ -122,24 +138,52 @@ def run_eval(cfg: EvalConfig) -> dict:
 
 
 def _exploitation(cfg, model, store, reference, thresholds, exploitation_test) -> dict:
-    seeds = [store.episode_meta(i).seed for i in range(len(store)) if store.episode_meta(i).policy == "expert"]
+    seeds = [
+        store.episode_meta(i).seed
+        for i in range(len(store))
+        if store.episode_meta(i).policy == "expert"
+    ]
     runs = []
     for seed in seeds[: cfg.exploit_starts]:
         horizon = len(reference)
-        runs.append(exploitation_test(model, store.env_id, seed, reference, horizon=horizon,
-                                      n_sequences=cfg.exploit_sequences, method=cfg.exploit_method,
-                                      delta=thresholds.delta, rng=seed))
+        runs.append(
+            exploitation_test(
+                model,
+                store.env_id,
+                seed,
+                reference,
+                horizon=horizon,
+                n_sequences=cfg.exploit_sequences,
+                method=cfg.exploit_method,
+                delta=thresholds.delta,
+                rng=seed,
+            )
+        )
     rates = [r["exploit_rate"] for r in runs]
     return {"exploit_rate": float(np.mean(rates)) if rates else float("nan"), "runs": runs}
 
 
 def _clean(d):
-    return json.loads(json.dumps(d, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)).replace("NaN", "null"))
+    return json.loads(
+        json.dumps(d, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)).replace(
+            "NaN", "null"
+        )
+    )
 
 
 def _print(summary: dict) -> None:
-    keys = ["episodes", "voc", "progress_mae", "progress_pearson", "regress_tracking", "outcome_accuracy",
-            "outcome_accuracy_excluding_undo", "false_success_rate", "stage_accuracy", "epic_distance"]
+    keys = [
+        "episodes",
+        "voc",
+        "progress_mae",
+        "progress_pearson",
+        "regress_tracking",
+        "outcome_accuracy",
+        "outcome_accuracy_excluding_undo",
+        "false_success_rate",
+        "stage_accuracy",
+        "epic_distance",
+    ]
     for k in keys:
         v = summary.get(k)
         print(f"{k:>20}: {v:.3f}" if isinstance(v, float) else f"{k:>20}: {v}")

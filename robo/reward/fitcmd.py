@@ -33,7 +33,9 @@ class FitPerceptualConfig:
 
     def __post_init__(self) -> None:
         if not self.demos or not self.out:
-            raise RoboError("--demos (a store with expert demos) and --out (the reward's folder) are required")
+            raise RoboError(
+                "--demos (a store with expert demos) and --out (the reward's folder) are required"
+            )
         if self.episodes < 1:
             raise RoboError("--episodes must be positive")
 
@@ -47,13 +49,18 @@ def fit_perceptual(cfg: FitPerceptualConfig):
     if missing:
         raise RoboError(f"{cfg.demos} has no views {missing} (it has {', '.join(store.views)})")
     idx = [store.views.index(v) for v in views]
-    demos = [store.episode(i).frames[:, idx] for i in range(len(store))
-             if store.episode_meta(i).policy == "expert"][: cfg.episodes]
+    demos = [
+        store.episode(i).frames[:, idx]
+        for i in range(len(store))
+        if store.episode_meta(i).policy == "expert"
+    ][: cfg.episodes]
     if not demos:
         raise RoboError(f"{cfg.demos} has no expert demonstrations")
     t0 = time.time()
     reward = fit(demos, cfg.num_steps, config=load_config(cfg.config), views=views)
     reward.save_pretrained(Path(cfg.out))
-    print(f"fitted a {cfg.num_steps}-step perceptual reward on {len(demos)} demos in {time.time() - t0:.1f} s: "
-          f"perceptual:{cfg.out}")
+    print(
+        f"fitted a {cfg.num_steps}-step perceptual reward on {len(demos)} demos in {time.time() - t0:.1f} s: "
+        f"perceptual:{cfg.out}"
+    )
     return reward

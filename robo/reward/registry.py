@@ -1,9 +1,9 @@
 """One registry of reward sources: a spec string picks the progress model.
 
-    grm:<dir>               a trained General Reward Model folder
-    vlm:<config.yaml|dir>   zero-shot CLIP goal-baseline reward (VLM-RM): a VLMConfig YAML or a saved folder
-    perceptual:<dir>        a perceptual reward fitted from a few demos (models.perceptual.fit)
-    grpc://<host>:<port>    a reward server (robo.serving); token from $ROBO_REWARD_TOKEN
+grm:<dir>               a trained General Reward Model folder
+vlm:<config.yaml|dir>   zero-shot CLIP goal-baseline reward (VLM-RM): a VLMConfig YAML or a saved folder
+perceptual:<dir>        a perceptual reward fitted from a few demos (models.perceptual.fit)
+grpc://<host>:<port>    a reward server (robo.serving); token from $ROBO_REWARD_TOKEN
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def load_progress_model(spec: str):
     """Build a progress model from ``kind:argument`` (see module docstring)."""
     kind, sep, arg = spec.partition(":")
     if not sep or kind not in _LOADERS:
-        raise RoboError(f"reward source {spec!r}: write it as <kind>:<argument> with kind one of {', '.join(sorted(_LOADERS))}")
+        raise RoboError(
+            f"reward source {spec!r}: write it as <kind>:<argument> with kind one of {', '.join(sorted(_LOADERS))}"
+        )
     return _LOADERS[kind](arg)
 
 

@@ -30,8 +30,18 @@ from robo.reward.data import PairSampler, SamplerConfig
 
 log = logging.getLogger(__name__)
 
-MT10 = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
-        "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3")
+MT10 = (
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "drawer-close-v3",
+    "button-press-topdown-v3",
+    "peg-insert-side-v3",
+    "window-open-v3",
+    "window-close-v3",
+)
 
 
 def is_training_task(env_id: str) -> bool:
@@ -71,7 +81,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not self.data:
-            raise RoboError("--data is required: comma-separated episode stores of the training tasks")
+            raise RoboError(
+                "--data is required: comma-separated episode stores of the training tasks"
+            )
         if self.steps < 1 or self.groups < 1:
             raise RoboError("--steps and --groups must be positive")
         if not self.lr > 0:
@@ -96,7 +108,9 @@ def two_hot(target: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def grm_loss(logits: torch.Tensor, batch: dict, bins: torch.Tensor, delta: float, outcome_weight: float):
+def grm_loss(
+    logits: torch.Tensor, batch: dict, bins: torch.Tensor, delta: float, outcome_weight: float
+):
     """Cross-entropy on hop bins (rows with a hop label) + BCE of success on outcome rows."""
     hop = batch["hop"]
     labelled = torch.isfinite(hop)
@@ -106,7 +120,9 @@ def grm_loss(logits: torch.Tensor, batch: dict, bins: torch.Tensor, delta: float
     terms = {"hop_ce": hop_loss, "hop_mae": mae}
     loss = hop_loss + mae  # the expectation is what inference uses: train it directly too
     if len(batch["outcome_idx"]):
-        p_success = logp[batch["outcome_idx"]].exp()[:, bins >= -delta].sum(-1).clamp(1e-5, 1 - 1e-5)
+        p_success = (
+            logp[batch["outcome_idx"]].exp()[:, bins >= -delta].sum(-1).clamp(1e-5, 1 - 1e-5)
+        )
         out_loss = F.binary_cross_entropy(p_success, batch["outcome"])
         terms["outcome_bce"] = out_loss
         loss = loss + outcome_weight * out_loss
@@ -114,7 +130,9 @@ def grm_loss(logits: torch.Tensor, batch: dict, bins: torch.Tensor, delta: float
     return loss, terms
 
 
-def add_masks(batch: dict, views: int, view_p: float, ctx_p: float, rng: np.random.Generator) -> dict:
+def add_masks(
+    batch: dict, views: int, view_p: float, ctx_p: float, rng: np.random.Generator
+) -> dict:
     """View dropout (each view of each role, at least one kept) and context dropout."""
     b = len(batch["hop"])
     for role in ROLES:
@@ -127,12 +145,19 @@ def add_masks(batch: dict, views: int, view_p: float, ctx_p: float, rng: np.rand
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: Path, model: GRM, opt: torch.optim.Optimizer, step: int, rng_state: dict) -> None:
+def save_checkpoint(
+    path: Path, model: GRM, opt: torch.optim.Optimizer, step: int, rng_state: dict
+) -> None:
     """Weights + optimiser state as safetensors, counters as JSON (no pickle)."""
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     state = opt.state_dict()
-    tensors = {f"{pid}.{k}": v for pid, s in state["state"].items() for k, v in s.items() if torch.is_tensor(v)}
+    tensors = {
+        f"{pid}.{k}": v
+        for pid, s in state["state"].items()
+        for k, v in s.items()
+        if torch.is_tensor(v)
+    }
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "optimizer.safetensors"))
     meta = {"step": step, "param_groups": state["param_groups"], "rng": rng_state}
     tmp = path / "trainer_state.json.tmp"
@@ -182,8 +207,17 @@ class LoopSettings:
     desc: str = "train GRM"
 
 
-def fit(model: GRM, sampler: PairSampler, s: LoopSettings, out: Path | None, *, resume: bool = False,
-        rank: int = 0, world: int = 1, extra_loss=None) -> dict:
+def fit(
+    model: GRM,
+    sampler: PairSampler,
+    s: LoopSettings,
+    out: Path | None,
+    *,
+    resume: bool = False,
+    rank: int = 0,
+    world: int = 1,
+    extra_loss=None,
+) -> dict:
     """Optimise ``model`` on batches from ``sampler``; checkpoints and TensorBoard under ``out``.
 
     Args:
@@ -204,7 +238,9 @@ def fit(model: GRM, sampler: PairSampler, s: LoopSettings, out: Path | None, *, 
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     def schedule(step: int) -> float:
-        return min(1.0, (step + 1) / s.warmup) * 0.5 * (1 + np.cos(np.pi * min(step / s.steps, 1.0)))
+        return (
+            min(1.0, (step + 1) / s.warmup) * 0.5 * (1 + np.cos(np.pi * min(step / s.steps, 1.0)))
+        )
 
     writer = _writer(out) if rank == 0 and out is not None else None
     model.train()
@@ -215,7 +251,13 @@ def fit(model: GRM, sampler: PairSampler, s: LoopSettings, out: Path | None, *, 
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = s.lr * schedule(step)
-        batch = add_masks(sampler.sample(s.groups), len(cfg.views), cfg.view_dropout, cfg.context_dropout, mask_rng)
+        batch = add_masks(
+            sampler.sample(s.groups),
+            len(cfg.views),
+            cfg.view_dropout,
+            cfg.context_dropout,
+            mask_rng,
+        )
         loss, terms = grm_loss(net(batch), batch, model.bins, cfg.success_delta, s.outcome_weight)
         if extra_loss is not None:
             terms["anchor"] = extra_loss(model)
@@ -229,7 +271,11 @@ def fit(model: GRM, sampler: PairSampler, s: LoopSettings, out: Path | None, *, 
             for k, v in terms.items():
                 writer.add_scalar(f"train/{k}", v.item(), step)
             writer.add_scalar("train/lr", opt.param_groups[0]["lr"], step)
-        if rank == 0 and ckpt is not None and ((step + 1) % s.checkpoint_every == 0 or step == s.steps - 1):
+        if (
+            rank == 0
+            and ckpt is not None
+            and ((step + 1) % s.checkpoint_every == 0 or step == s.steps - 1)
+        ):
             save_checkpoint(ckpt, model, opt, step + 1, {})
     if writer is not None:
         writer.close()
@@ -246,20 +292,39 @@ def train(cfg: TrainConfig) -> Path:
     rank, world = dist_info()
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    sampler = PairSampler(cfg.urls, cfg.model.views, cfg.sampler, seed=cfg.seed + 1000 * rank,
-                          resolution=_encoder_resolution(cfg.model))
+    sampler = PairSampler(
+        cfg.urls,
+        cfg.model.views,
+        cfg.sampler,
+        seed=cfg.seed + 1000 * rank,
+        resolution=_encoder_resolution(cfg.model),
+    )
     _check_image_size(sampler, cfg.model)
     model = GRM(cfg.model)
-    settings = LoopSettings(steps=cfg.steps, groups=cfg.groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            outcome_weight=cfg.outcome_weight, log_every=cfg.log_every,
-                            checkpoint_every=cfg.checkpoint_every, seed=cfg.seed)
+    settings = LoopSettings(
+        steps=cfg.steps,
+        groups=cfg.groups,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        outcome_weight=cfg.outcome_weight,
+        log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every,
+        seed=cfg.seed,
+    )
     t0 = time.time()
     terms = fit(model, sampler, settings, out, resume=cfg.resume, rank=rank, world=world)
     final = out / "model"
     if rank == 0:
-        info = {"training": {"tasks": sampler.describe(), "steps": cfg.steps, "world_size": world,
-                             "wall_time_s": round(time.time() - t0, 1), "final_terms": terms,
-                             "config": _jsonable(asdict(cfg))}}
+        info = {
+            "training": {
+                "tasks": sampler.describe(),
+                "steps": cfg.steps,
+                "world_size": world,
+                "wall_time_s": round(time.time() - t0, 1),
+                "final_terms": terms,
+                "config": _jsonable(asdict(cfg)),
+            }
+        }
         model.save_pretrained(final, extra=info)
         print(f"saved {final} ({cfg.steps} steps, {info['training']['wall_time_s']} s)")
     if world > 1:

@@ -33,19 +33,35 @@ class SuccessEvalCallback(BaseCallback):
 
     def __init__(self, make_env, every: int, episodes: int, out: Path, seed: int = 0):
         super().__init__()
-        self.make_env, self.every, self.episodes, self.out, self.seed = make_env, every, episodes, out, seed
+        self.make_env, self.every, self.episodes, self.out, self.seed = (
+            make_env,
+            every,
+            episodes,
+            out,
+            seed,
+        )
         self.history: list[dict] = []
         self.train_episodes = 0
         self._next = every
         self._ep: dict[int, dict] = {}
-        self.watch = {"episodes": 0, "env_failures": 0, "false_successes": 0, "abs_err_sum": 0.0, "frames": 0}
+        self.watch = {
+            "episodes": 0,
+            "env_failures": 0,
+            "false_successes": 0,
+            "abs_err_sum": 0.0,
+            "frames": 0,
+        }
         self._env = None
 
     def evaluate_now(self, model, step: int) -> dict:
         if self._env is None:
             self._env = self.make_env()
-        row = {"step": step, "train_episodes": self.train_episodes,
-               **run_eval_episodes(model, self._env, self.episodes, self.seed), **self.watch_summary()}
+        row = {
+            "step": step,
+            "train_episodes": self.train_episodes,
+            **run_eval_episodes(model, self._env, self.episodes, self.seed),
+            **self.watch_summary(),
+        }
         self.history.append(row)
         self.out.write_text(json.dumps(self.history, indent=2))
         if getattr(self, "model", None) is not None and step:
@@ -54,13 +70,17 @@ class SuccessEvalCallback(BaseCallback):
         return row
 
     def _on_step(self) -> bool:
-        for k, (info, done) in enumerate(zip(self.locals["infos"], self.locals["dones"], strict=True)):
+        for k, (info, done) in enumerate(
+            zip(self.locals["infos"], self.locals["dones"], strict=True)
+        ):
             ep = self._ep.setdefault(k, {"model": False, "env": False})
             terms = info.get("reward_terms", {})
             ep["model"] |= bool(terms.get("model_success", False))
             ep["env"] |= bool(info.get("success", False))
             if "privileged_progress" in info and terms.get("has_model"):
-                self.watch["abs_err_sum"] += abs(terms["next_potential"] - info["privileged_progress"])
+                self.watch["abs_err_sum"] += abs(
+                    terms["next_potential"] - info["privileged_progress"]
+                )
                 self.watch["frames"] += 1
             if done:
                 self.train_episodes += 1

@@ -57,13 +57,29 @@ def compare(cfg: CompareConfig) -> dict:
     for cond in cfg.conditions:
         results[cond.name] = []
         for seed in cfg.seeds:
-            run = replace(cfg.run, reward=cond.reward, shaping=cond.shaping, seed=seed,
-                          out=str(out / cond.name / f"seed{seed}"))
+            run = replace(
+                cfg.run,
+                reward=cond.reward,
+                shaping=cond.shaping,
+                seed=seed,
+                out=str(out / cond.name / f"seed{seed}"),
+            )
             results[cond.name].append(train(run)["evaluations"])
     summary = {name: _aggregate(runs) for name, runs in results.items()}
     (out / "compare.json").parent.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps({"seeds": cfg.seeds, "env": cfg.run.env, "steps": cfg.run.steps,
-                                                  "conditions": summary, "runs": results}, indent=2, default=str))
+    (out / "compare.json").write_text(
+        json.dumps(
+            {
+                "seeds": cfg.seeds,
+                "env": cfg.run.env,
+                "steps": cfg.run.steps,
+                "conditions": summary,
+                "runs": results,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     plot_curves(summary, out / "curves.png", cfg.run.env)
     _table(summary)
     print(f"report: {out}/ (compare.json, curves.png)")
@@ -73,11 +89,14 @@ def compare(cfg: CompareConfig) -> dict:
 def _aggregate(runs: list[list[dict]]) -> dict:
     n = min(len(r) for r in runs)
     succ = np.array([[e["success_rate"] for e in r[:n]] for r in runs])
-    return {"step": [runs[0][k]["step"] for k in range(n)],
-            "train_episodes": np.mean([[e["train_episodes"] for e in r[:n]] for r in runs], 0).tolist(),
-            "success_mean": succ.mean(0).tolist(), "success_std": succ.std(0).tolist(),
-            "false_success_rate": _nanmean([r[n - 1]["false_success_rate"] for r in runs]),
-            "progress_mae": _nanmean([r[n - 1]["progress_mae"] for r in runs])}
+    return {
+        "step": [runs[0][k]["step"] for k in range(n)],
+        "train_episodes": np.mean([[e["train_episodes"] for e in r[:n]] for r in runs], 0).tolist(),
+        "success_mean": succ.mean(0).tolist(),
+        "success_std": succ.std(0).tolist(),
+        "false_success_rate": _nanmean([r[n - 1]["false_success_rate"] for r in runs]),
+        "progress_mae": _nanmean([r[n - 1]["progress_mae"] for r in runs]),
+    }
 
 
 def _nanmean(values) -> float:
@@ -110,5 +129,7 @@ def plot_curves(summary: dict, path: Path, title: str) -> None:
 def _table(summary: dict) -> None:
     print(f"{'condition':<22}{'final success':>16}{'best':>8}{'false succ':>12}{'MAE':>8}")
     for name, s in summary.items():
-        print(f"{name:<22}{s['success_mean'][-1]:>10.2f} ± {s['success_std'][-1]:.2f}{max(s['success_mean']):>8.2f}"
-              f"{s['false_success_rate']:>12.2f}{s['progress_mae']:>8.3f}")
+        print(
+            f"{name:<22}{s['success_mean'][-1]:>10.2f} ± {s['success_std'][-1]:.2f}{max(s['success_mean']):>8.2f}"
+            f"{s['false_success_rate']:>12.2f}{s['progress_mae']:>8.3f}"
+        )

@@ -25,8 +25,18 @@ log = logging.getLogger(__name__)
 class RefineCallback(BaseCallback):
     """Collects contradicting episodes; every ``every`` steps adapts the GRM on them."""
 
-    def __init__(self, wrapper, progress_model, demos_url: str, out: Path, every: int = 2000,
-                 min_episodes: int = 2, adapt_steps: int = 150, anchor: float = 1e-2, env_id: str = ""):
+    def __init__(
+        self,
+        wrapper,
+        progress_model,
+        demos_url: str,
+        out: Path,
+        every: int = 2000,
+        min_episodes: int = 2,
+        adapt_steps: int = 150,
+        anchor: float = 1e-2,
+        env_id: str = "",
+    ):
         super().__init__()
         self.wrapper, self.pm, self.demos_url = wrapper, progress_model, demos_url
         self.out, self.every, self.min_episodes = Path(out), every, min_episodes
@@ -39,7 +49,9 @@ class RefineCallback(BaseCallback):
         self._store: EpisodeStore | None = None
 
     def _on_step(self) -> bool:
-        for k, (info, done) in enumerate(zip(self.locals["infos"], self.locals["dones"], strict=True)):
+        for k, (info, done) in enumerate(
+            zip(self.locals["infos"], self.locals["dones"], strict=True)
+        ):
             ep = self._ep.setdefault(k, {"model": False, "env": False})
             ep["model"] |= bool(info.get("reward_terms", {}).get("model_success", False))
             ep["env"] |= bool(info.get("success", False))
@@ -65,8 +77,12 @@ class RefineCallback(BaseCallback):
 
     def refine(self) -> dict | None:
         """Adapt the model if enough contradicting episodes are pending; returns the record."""
-        record = {"step": self.num_timesteps, "false_success_rate_before": self.window_fsr(),
-                  "window_episodes": self.window["episodes"], "added": len(self.pending)}
+        record = {
+            "step": self.num_timesteps,
+            "false_success_rate_before": self.window_fsr(),
+            "window_episodes": self.window["episodes"],
+            "added": len(self.pending),
+        }
         if self.history:
             self.history[-1]["false_success_rate_after"] = record["false_success_rate_before"]
         self.window = {"episodes": 0, "env_failures": 0, "false_successes": 0}
@@ -85,14 +101,32 @@ class RefineCallback(BaseCallback):
     def _write_pending(self) -> None:
         views = tuple(self.pm.views)
         if self._store is None:
-            self._store = EpisodeStore.create(self.out / "refine_data", views=views, image_size=tuple(self.pm.image_size),
-                                              env_id=self.env_id, state_dim=1, action_dim=1, overwrite=True)
+            self._store = EpisodeStore.create(
+                self.out / "refine_data",
+                views=views,
+                image_size=tuple(self.pm.image_size),
+                env_id=self.env_id,
+                state_dim=1,
+                action_dim=1,
+                overwrite=True,
+            )
         for frames, success in self.pending:
-            self._store.append_episode(Episode(
-                frames=frames[None], states=np.zeros((1, 1), np.float32), actions=np.zeros((1, 1), np.float32),
-                env_reward=np.zeros(1, np.float32), success=np.array([success]), stage=np.full(1, -1, np.int16),
-                privileged_progress=np.full(1, np.nan, np.float32), task="", env_id=self.env_id,
-                seed=-1, policy="rl-refine", outcome="success" if success else "failure"))
+            self._store.append_episode(
+                Episode(
+                    frames=frames[None],
+                    states=np.zeros((1, 1), np.float32),
+                    actions=np.zeros((1, 1), np.float32),
+                    env_reward=np.zeros(1, np.float32),
+                    success=np.array([success]),
+                    stage=np.full(1, -1, np.int16),
+                    privileged_progress=np.full(1, np.nan, np.float32),
+                    task="",
+                    env_id=self.env_id,
+                    seed=-1,
+                    policy="rl-refine",
+                    outcome="success" if success else "failure",
+                )
+            )
         self.pending = []
 
     def _adapt(self) -> dict:
@@ -101,13 +135,29 @@ class RefineCallback(BaseCallback):
         from robo.reward.train import LoopSettings, _encoder_resolution, fit
 
         grm = self.pm.model
-        sampler = PairSampler([self.demos_url], grm.cfg.views, SamplerConfig(p_outcome=0.5),
-                              seed=self.num_timesteps, resolution=_encoder_resolution(grm.cfg),
-                              outcome_urls=[str(self.out / "refine_data")])
+        sampler = PairSampler(
+            [self.demos_url],
+            grm.cfg.views,
+            SamplerConfig(p_outcome=0.5),
+            seed=self.num_timesteps,
+            resolution=_encoder_resolution(grm.cfg),
+            outcome_urls=[str(self.out / "refine_data")],
+        )
         anchor = {n: p.detach().clone() for n, p in grm.named_parameters()}
-        terms = fit(grm, sampler, LoopSettings(steps=self.adapt_steps, groups=8, lr=3e-4, warmup=10,
-                                               desc="refine GRM", log_every=10), None,
-                    extra_loss=l2_anchor(anchor, self.anchor))
+        terms = fit(
+            grm,
+            sampler,
+            LoopSettings(
+                steps=self.adapt_steps,
+                groups=8,
+                lr=3e-4,
+                warmup=10,
+                desc="refine GRM",
+                log_every=10,
+            ),
+            None,
+            extra_loss=l2_anchor(anchor, self.anchor),
+        )
         grm.eval()
         return terms
 

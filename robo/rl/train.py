@@ -76,15 +76,25 @@ class RLConfig:
 
     def validate(self) -> None:
         """Checks that depend on the combination of reward and shaping (run before training)."""
-        needs_model = self.shaping.mode in (ShapingMode.pbrs, ShapingMode.naive) or self.shaping.success_source == "model"
+        needs_model = (
+            self.shaping.mode in (ShapingMode.pbrs, ShapingMode.naive)
+            or self.shaping.success_source == "model"
+        )
         if needs_model and self.reward == "none":
-            raise RoboError(f"--shaping.mode {self.shaping.mode.value} needs a reward model: pass --reward grm:<dir>")
+            raise RoboError(
+                f"--shaping.mode {self.shaping.mode.value} needs a reward model: pass --reward grm:<dir>"
+            )
         if self.refine and (not self.reward.startswith("grm:") or not self.demos):
-            raise RoboError("--refine true adapts a GRM: pass --reward grm:<dir> and --demos <store>")
+            raise RoboError(
+                "--refine true adapts a GRM: pass --reward grm:<dir> and --demos <store>"
+            )
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.out or f"runs/rl/{self.env.split('/')[-1]}-{self.shaping.mode.value}-{self.algo.value}-s{self.seed}")
+        return Path(
+            self.out
+            or f"runs/rl/{self.env.split('/')[-1]}-{self.shaping.mode.value}-{self.algo.value}-s{self.seed}"
+        )
 
 
 class _NoModel:
@@ -100,7 +110,9 @@ class _NoModel:
         return ProgressOutput(z, z, torch.ones(len(env_indices)))
 
     def predict(self, frames, env_indices=None):
-        return self.reset(env_indices if env_indices is not None else range(len(frames)), None, frames)
+        return self.reset(
+            env_indices if env_indices is not None else range(len(frames)), None, frames
+        )
 
 
 def load_reward(spec: str):
@@ -157,7 +169,9 @@ def build(cfg: RLConfig):
         probe.close()
     venv = make_reward_vec_env(fns, model, cfg.shaping, ctx)
     venv.seed(cfg.seed)
-    common = dict(seed=cfg.seed, verbose=0, tensorboard_log=str(cfg.out_dir / "tb"), gamma=cfg.shaping.gamma)
+    common = dict(
+        seed=cfg.seed, verbose=0, tensorboard_log=str(cfg.out_dir / "tb"), gamma=cfg.shaping.gamma
+    )
     if cfg.algo is Algo.sac:
         algo = SAC("MlpPolicy", venv, learning_starts=0 if cfg.demos else 1000, **common)
     else:
@@ -180,28 +194,49 @@ def train(cfg: RLConfig) -> dict:
     model, ctx, venv, algo = build(cfg)
     t0 = time.time()
     warm = warm_start(cfg, algo, model, ctx) if cfg.demos and cfg.bc_epochs else {}
-    eval_cb = SuccessEvalCallback(lambda: make_env_fn(cfg, _NoModel(), cfg.seed + 777)(), cfg.eval_every,
-                                  cfg.eval_episodes, out / "eval.json", seed=cfg.seed + 777)
+    eval_cb = SuccessEvalCallback(
+        lambda: make_env_fn(cfg, _NoModel(), cfg.seed + 777)(),
+        cfg.eval_every,
+        cfg.eval_episodes,
+        out / "eval.json",
+        seed=cfg.seed + 777,
+    )
     eval_cb.evaluate_now(algo, step=0)  # the warm-started policy's success before RL
-    ckpt = CheckpointCallback(save_freq=max(cfg.eval_every // cfg.n_envs, 1), save_path=str(out / "checkpoints"))
+    ckpt = CheckpointCallback(
+        save_freq=max(cfg.eval_every // cfg.n_envs, 1), save_path=str(out / "checkpoints")
+    )
     callbacks = [eval_cb, ckpt]
     refine_cb = None
     if cfg.refine:
         from robo.rl.refine import RefineCallback
 
-        refine_cb = RefineCallback(venv, model, cfg.demos, out, every=cfg.refine_every,
-                                   min_episodes=cfg.refine_min_episodes, adapt_steps=cfg.refine_steps, env_id=cfg.env)
+        refine_cb = RefineCallback(
+            venv,
+            model,
+            cfg.demos,
+            out,
+            every=cfg.refine_every,
+            min_episodes=cfg.refine_min_episodes,
+            adapt_steps=cfg.refine_steps,
+            env_id=cfg.env,
+        )
         callbacks.append(refine_cb)
     algo.learn(cfg.steps, callback=CallbackList(callbacks), progress_bar=True, tb_log_name="rl")
     if refine_cb is not None:
         model.model.save_pretrained(out / "refined_model")
     algo.save(out / "final_policy")
-    summary = {"config": json.loads(json.dumps(asdict(cfg), default=str)), "warm_start": warm,
-               "evaluations": eval_cb.history, "wall_time_s": round(time.time() - t0, 1),
-               "hacking_watch": eval_cb.watch_summary(),
-               "refinement": refine_cb.history if refine_cb is not None else None}
+    summary = {
+        "config": json.loads(json.dumps(asdict(cfg), default=str)),
+        "warm_start": warm,
+        "evaluations": eval_cb.history,
+        "wall_time_s": round(time.time() - t0, 1),
+        "hacking_watch": eval_cb.watch_summary(),
+        "refinement": refine_cb.history if refine_cb is not None else None,
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     venv.close()
     last = eval_cb.history[-1]["success_rate"] if eval_cb.history else float("nan")
-    print(f"{cfg.env} {cfg.shaping.mode.value}: success {last:.2f} after {cfg.steps} steps; report {out}/")
+    print(
+        f"{cfg.env} {cfg.shaping.mode.value}: success {last:.2f} after {cfg.steps} steps; report {out}/"
+    )
     return summary

@@ -17,13 +17,17 @@ def load_demos(url: str, model) -> list:
     from robo.store import EpisodeStore
 
     store = EpisodeStore.open(url)
-    demos = [store.episode(i) for i in range(len(store)) if store.episode_meta(i).policy == "expert"]
+    demos = [
+        store.episode(i) for i in range(len(store)) if store.episode_meta(i).policy == "expert"
+    ]
     if not demos:
         raise RoboError(f"{url} has no expert demonstrations for the warm start")
     return demos, store.views
 
 
-def behaviour_clone(policy, obs: np.ndarray, actions: np.ndarray, epochs: int, lr: float = 1e-3, batch: int = 256) -> float:
+def behaviour_clone(
+    policy, obs: np.ndarray, actions: np.ndarray, epochs: int, lr: float = 1e-3, batch: int = 256
+) -> float:
     """Fit the policy's deterministic action to the demonstrations (MSE); returns the final loss."""
     device = policy.device
     o = torch.as_tensor(obs, dtype=torch.float32, device=device)
@@ -45,14 +49,23 @@ def demo_transitions(demos, views, model, ctx, cfg) -> dict:
     for ep in demos:
         T = len(ep)
         if model.views:
-            phi = _score_with_context(model, ep.frames[:, [views.index(v) for v in model.views]], ctx)
+            phi = _score_with_context(
+                model, ep.frames[:, [views.index(v) for v in model.views]], ctx
+            )
         else:
             phi = np.zeros(T)
         success = ep.success.astype(float)
         terminated = np.zeros(T - 1, bool)
         terminated[-1] = bool(ep.success[-1])
-        r = shaped_reward(cfg.shaping.mode, cfg.shaping.success_bonus * success[1:], phi[:-1], phi[1:],
-                          terminated, cfg.shaping.gamma, ep.env_reward[1:])
+        r = shaped_reward(
+            cfg.shaping.mode,
+            cfg.shaping.success_bonus * success[1:],
+            phi[:-1],
+            phi[1:],
+            terminated,
+            cfg.shaping.gamma,
+            ep.env_reward[1:],
+        )
         rows["obs"].append(ep.states[:-1])
         rows["act"].append(ep.actions[:-1])
         rows["rew"].append(r)
@@ -74,8 +87,14 @@ def prefill_replay(algo, tr: dict) -> int:
     count = (len(tr["obs"]) // n) * n
     for s in range(0, count, n):
         sl = slice(s, s + n)
-        algo.replay_buffer.add(tr["obs"][sl], tr["next"][sl], tr["act"][sl], tr["rew"][sl].astype(np.float32),
-                               tr["done"][sl], [{} for _ in range(n)])
+        algo.replay_buffer.add(
+            tr["obs"][sl],
+            tr["next"][sl],
+            tr["act"][sl],
+            tr["rew"][sl].astype(np.float32),
+            tr["done"][sl],
+            [{} for _ in range(n)],
+        )
     return count
 
 

@@ -32,7 +32,9 @@ def regenerate() -> None:
 
     root = PROTO.parents[2]
     rel = PROTO.relative_to(root).as_posix()
-    rc = protoc.main(["grpc_tools.protoc", f"-I{root}", f"--python_out={root}", f"--grpc_python_out={root}", rel])
+    rc = protoc.main(
+        ["grpc_tools.protoc", f"-I{root}", f"--python_out={root}", f"--grpc_python_out={root}", rel]
+    )
     if rc != 0:
         raise RuntimeError(f"protoc failed on {PROTO} (exit {rc})")
     for name in ("reward_pb2.py", "reward_pb2_grpc.py"):

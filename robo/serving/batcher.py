@@ -103,8 +103,14 @@ class Batcher:
         on_start: called on the worker thread before serving (e.g. compile warm-up).
     """
 
-    def __init__(self, model, max_batch: int = 64, max_wait_ms: float = 2.0, max_queue: int = 256,
-                 on_start: Callable[[], object] | None = None):
+    def __init__(
+        self,
+        model,
+        max_batch: int = 64,
+        max_wait_ms: float = 2.0,
+        max_queue: int = 256,
+        on_start: Callable[[], object] | None = None,
+    ):
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError("max_batch and max_queue must be >= 1 and max_wait_ms >= 0")
         self.model, self.max_batch, self.max_wait = model, max_batch, max_wait_ms / 1e3
@@ -178,7 +184,11 @@ class Batcher:
                     return None
                 head = self._queue[0]
                 wait = head.arrived + self.max_wait - time.monotonic()
-                if wait <= 0 or head.kind is Kind.call or sum(r.rows for r in self._queue) >= self.max_batch:
+                if (
+                    wait <= 0
+                    or head.kind is Kind.call
+                    or sum(r.rows for r in self._queue) >= self.max_batch
+                ):
                     return self._take()
                 self._cond.wait(wait)
 
@@ -193,8 +203,13 @@ class Batcher:
         barrier = False  # nothing overtakes a queued function call
         for r in self._queue:
             barrier |= r.kind is Kind.call
-            ok = (not barrier and r.kind is head.kind and rows + r.rows <= self.max_batch
-                  and used.isdisjoint(r.indices) and blocked.isdisjoint(r.indices))
+            ok = (
+                not barrier
+                and r.kind is head.kind
+                and rows + r.rows <= self.max_batch
+                and used.isdisjoint(r.indices)
+                and blocked.isdisjoint(r.indices)
+            )
             if ok:
                 batch.append(r)
                 rows += r.rows
@@ -213,7 +228,9 @@ class Batcher:
                 self.stats.dropped += 1
             elif r.kind is not Kind.call and now > r.deadline:
                 self.stats.dropped += 1
-                r.future.set_exception(Expired(f"waited {1e3 * (now - r.arrived):.0f} ms in the queue"))
+                r.future.set_exception(
+                    Expired(f"waited {1e3 * (now - r.arrived):.0f} ms in the queue")
+                )
             else:
                 live.append(r)
         if not live:
@@ -248,10 +265,13 @@ class Batcher:
         self.stats.max_batch_rows = max(self.stats.max_batch_rows, n)
         if out is None:  # a model whose reset returns nothing: progress 0 at the start
             out = ProgressOutput(torch.zeros(n), torch.zeros(n), torch.ones(n))
-        cols = [np.asarray(t.detach().cpu(), np.float32).reshape(n) for t in (out.progress, out.success, out.confidence)]
+        cols = [
+            np.asarray(t.detach().cpu(), np.float32).reshape(n)
+            for t in (out.progress, out.success, out.confidence)
+        ]
         results, k = [], 0
         for r in reqs:
-            results.append(Result(*(c[k:k + r.rows] for c in cols), batch_rows=n))
+            results.append(Result(*(c[k : k + r.rows] for c in cols), batch_rows=n))
             k += r.rows
         return results
 

@@ -49,7 +49,9 @@ def parse_url(url: str) -> str:
     """``grpc://host:port`` (or ``//host:port``, ``host:port``) -> ``host:port``."""
     m = re.fullmatch(r"(?:grpc:)?(?://)?(\[[0-9a-fA-F:.]+\]|[^:/\[\]]+):(\d{1,5})/?", url.strip())
     if not m or not 0 < int(m[2]) < 65536:
-        raise RoboError(f"reward server URL {url!r}: write it as grpc://HOST:PORT, e.g. grpc://127.0.0.1:50051")
+        raise RoboError(
+            f"reward server URL {url!r}: write it as grpc://HOST:PORT, e.g. grpc://127.0.0.1:50051"
+        )
     return f"{m[1]}:{m[2]}"
 
 
@@ -77,9 +79,16 @@ class RemoteProgressModel:
             applies too: bigger batches are split into several calls).
     """
 
-    def __init__(self, url: str = "grpc://127.0.0.1:50051", token: str | None = None, timeout_s: float = 5.0,
-                 connect_timeout_s: float = 5.0, client_id: str | None = None, max_message_mb: float = 64.0,
-                 wait_for_ready: bool = False):
+    def __init__(
+        self,
+        url: str = "grpc://127.0.0.1:50051",
+        token: str | None = None,
+        timeout_s: float = 5.0,
+        connect_timeout_s: float = 5.0,
+        client_id: str | None = None,
+        max_message_mb: float = 64.0,
+        wait_for_ready: bool = False,
+    ):
         self.address = parse_url(url)
         self.url = f"grpc://{self.address}"
         token = token if token is not None else os.environ.get(TOKEN_ENV, "")
@@ -87,15 +96,25 @@ class RemoteProgressModel:
         self.timeout_s = timeout_s
         self.client_id = client_id or uuid.uuid4().hex
         limit = int(max_message_mb * 2**20)
-        self._channel = grpc.insecure_channel(self.address, options=[
-            ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
-            # reconnect quickly after a server restart (gRPC's default backoff reaches minutes)
-            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-        ])
+        self._channel = grpc.insecure_channel(
+            self.address,
+            options=[
+                ("grpc.max_send_message_length", limit),
+                ("grpc.max_receive_message_length", limit),
+                # reconnect quickly after a server restart (gRPC's default backoff reaches minutes)
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ],
+        )
         self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
         try:
-            info = self._call("Info", reward_pb2.InfoRequest(), timeout=connect_timeout_s, wait_for_ready=wait_for_ready)
+            info = self._call(
+                "Info",
+                reward_pb2.InfoRequest(),
+                timeout=connect_timeout_s,
+                wait_for_ready=wait_for_ready,
+            )
         except BaseException:
             self._channel.close()
             raise
@@ -104,25 +123,43 @@ class RemoteProgressModel:
         self.model_name = info.model
         self.server_id = info.server_id
         self.max_message_bytes = min(limit, int(info.max_message_bytes) or limit)
-        self.last_reply: reward_pb2.ProgressReply | None = None  # server_ms, batch_rows of the last call
+        self.last_reply: reward_pb2.ProgressReply | None = (
+            None  # server_ms, batch_rows of the last call
+        )
 
     # ------------------------------------------------------------------ contract
-    def reset(self, env_indices: Sequence[int], contexts: Sequence[TaskContext], frames) -> ProgressOutput:
+    def reset(
+        self, env_indices: Sequence[int], contexts: Sequence[TaskContext], frames
+    ) -> ProgressOutput:
         """Start episodes on the server; returns the progress of their first frames."""
         env_indices = [int(i) for i in env_indices]
         if len(contexts) != len(env_indices):
-            raise ModelInputError(f"reset got {len(env_indices)} env indices but {len(contexts)} contexts")
+            raise ModelInputError(
+                f"reset got {len(env_indices)} env indices but {len(contexts)} contexts"
+            )
         frames = self._check(frames, "first frames", len(env_indices))
         ctx = [self._context(c) for c in contexts]
-        return self._chunked(frames, env_indices, "Reset", lambda ids, f, sl: reward_pb2.ResetRequest(
-            client_id=self.client_id, env_ids=ids, frames=f, contexts=ctx[sl]))
+        return self._chunked(
+            frames,
+            env_indices,
+            "Reset",
+            lambda ids, f, sl: reward_pb2.ResetRequest(
+                client_id=self.client_id, env_ids=ids, frames=f, contexts=ctx[sl]
+            ),
+        )
 
     def predict(self, frames, env_indices: Sequence[int] | None = None) -> ProgressOutput:
         """Progress of the current frames of ``env_indices`` (default ``range(B)``)."""
         frames = self._check(frames, "frames", None if env_indices is None else len(env_indices))
         ids = list(range(len(frames))) if env_indices is None else [int(i) for i in env_indices]
-        return self._chunked(frames, ids, "Predict", lambda ids, f, sl: reward_pb2.PredictRequest(
-            client_id=self.client_id, env_ids=ids, frames=f))
+        return self._chunked(
+            frames,
+            ids,
+            "Predict",
+            lambda ids, f, sl: reward_pb2.PredictRequest(
+                client_id=self.client_id, env_ids=ids, frames=f
+            ),
+        )
 
     def info(self) -> reward_pb2.InfoReply:
         """The server's Info (model, limits, request and model-call counters)."""
@@ -131,7 +168,11 @@ class RemoteProgressModel:
     def close(self) -> None:
         """Release this client's environments on the server (best effort) and close the channel."""
         try:
-            self._stub.Close(reward_pb2.CloseRequest(client_id=self.client_id), timeout=1.0, metadata=self._metadata)
+            self._stub.Close(
+                reward_pb2.CloseRequest(client_id=self.client_id),
+                timeout=1.0,
+                metadata=self._metadata,
+            )
         except grpc.RpcError:
             pass
         self._channel.close()
@@ -156,7 +197,9 @@ class RemoteProgressModel:
         for name in ("start_frames", "goal_frames"):
             f = getattr(c, name)
             if f is not None:
-                f = check_frames(_as_uint8(f)[None], self.views, self.image_size, f"context {name}")[0].numpy()
+                f = check_frames(
+                    _as_uint8(f)[None], self.views, self.image_size, f"context {name}"
+                )[0].numpy()
                 getattr(msg, name).CopyFrom(_frames_msg(f))
         return msg
 
@@ -172,13 +215,24 @@ class RemoteProgressModel:
             reply = self._call(method, build(ids[sl], _frames_msg(frames[sl]), sl))
             self.last_reply = reply
             outs.append(reply)
-        cat = lambda name: torch.tensor([x for r in outs for x in getattr(r, name)], dtype=torch.float32)  # noqa: E731
-        return ProgressOutput(progress=cat("progress"), success=cat("success"), confidence=cat("confidence"))
 
-    def _call(self, method: str, request, timeout: float | None = None, wait_for_ready: bool = False):
+        def cat(name: str) -> torch.Tensor:
+            return torch.tensor([x for r in outs for x in getattr(r, name)], dtype=torch.float32)
+
+        return ProgressOutput(
+            progress=cat("progress"), success=cat("success"), confidence=cat("confidence")
+        )
+
+    def _call(
+        self, method: str, request, timeout: float | None = None, wait_for_ready: bool = False
+    ):
         try:
-            return getattr(self._stub, method)(request, timeout=timeout or self.timeout_s, metadata=self._metadata,
-                                               wait_for_ready=wait_for_ready)
+            return getattr(self._stub, method)(
+                request,
+                timeout=timeout or self.timeout_s,
+                metadata=self._metadata,
+                wait_for_ready=wait_for_ready,
+            )
         except grpc.RpcError as e:
             raise self._error(e) from None
 
@@ -187,15 +241,23 @@ class RemoteProgressModel:
         where = f"reward server {self.url}"
         if code is grpc.StatusCode.UNAVAILABLE:
             why = "connection refused" if "refused" in details.lower() else details or "unavailable"
-            return RewardServerError(f"{where} is unreachable ({why}): start it (python -m robo.serving.server "
-                                     f"--model grm:DIR --port {self.address.rsplit(':', 1)[1]}) or check the URL", code)
+            return RewardServerError(
+                f"{where} is unreachable ({why}): start it (python -m robo.serving.server "
+                f"--model grm:DIR --port {self.address.rsplit(':', 1)[1]}) or check the URL",
+                code,
+            )
         if code is grpc.StatusCode.UNAUTHENTICATED:
-            return RewardServerError(f"{where} refused the token: set {TOKEN_ENV} to the server's token", code)
+            return RewardServerError(
+                f"{where} refused the token: set {TOKEN_ENV} to the server's token", code
+            )
         if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
             return ModelInputError(f"{where}: {details}")
         if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
             return RewardServerError(f"{where} refused the request ({details})", code)
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            return RewardServerError(f"{where} gave no answer in time ({details or f'{self.timeout_s} s'}): "
-                                     "raise timeout_s or lower the load", code)
+            return RewardServerError(
+                f"{where} gave no answer in time ({details or f'{self.timeout_s} s'}): "
+                "raise timeout_s or lower the load",
+                code,
+            )
         return RewardServerError(f"{where} failed: {code.name} {details}".rstrip(), code)

@@ -109,7 +109,9 @@ class ServeConfig:
         if self.max_wait_ms < 0 or self.request_timeout_s <= 0 or self.max_message_mb <= 0:
             raise RoboError("max_wait_ms must be >= 0, request_timeout_s and max_message_mb > 0")
         if self.client_ttl_s <= self.request_timeout_s:
-            raise RoboError(f"client_ttl_s={self.client_ttl_s} must exceed request_timeout_s={self.request_timeout_s}")
+            raise RoboError(
+                f"client_ttl_s={self.client_ttl_s} must exceed request_timeout_s={self.request_timeout_s}"
+            )
         if self.no_auth and self.host not in LOOPBACK:
             raise RoboError(f"--no_auth is for loopback only; give a token to serve on {self.host}")
 
@@ -124,7 +126,9 @@ def resolve_token(cfg: ServeConfig) -> str | None:
         try:
             token = open(cfg.token_file).read().strip()
         except OSError as e:
-            raise RoboError(f"cannot read token file {cfg.token_file} ({e.strerror}): write the token there") from None
+            raise RoboError(
+                f"cannot read token file {cfg.token_file} ({e.strerror}): write the token there"
+            ) from None
         if not token:
             raise RoboError(f"token file {cfg.token_file} is empty: write the token there")
         return token
@@ -132,7 +136,9 @@ def resolve_token(cfg: ServeConfig) -> str | None:
         return os.environ[TOKEN_ENV].strip()
     if cfg.no_auth:
         return None
-    raise RoboError(f"the reward server needs a token: give --token_file FILE or set {TOKEN_ENV} (or --no_auth true on loopback)")
+    raise RoboError(
+        f"the reward server needs a token: give --token_file FILE or set {TOKEN_ENV} (or --no_auth true on loopback)"
+    )
 
 
 # ---------------------------------------------------------------------- validation
@@ -140,8 +146,13 @@ class _Invalid(ValueError):
     """A request the server refuses with INVALID_ARGUMENT."""
 
 
-def decode_frames(msg: reward_pb2.Frames, what: str, views: tuple[str, ...], image_size: tuple[int, int],
-                  batched: bool) -> np.ndarray:
+def decode_frames(
+    msg: reward_pb2.Frames,
+    what: str,
+    views: tuple[str, ...],
+    image_size: tuple[int, int],
+    batched: bool,
+) -> np.ndarray:
     """Raw bytes + shape -> a uint8 array ``(B, V, H, W, 3)`` (or ``(V, H, W, 3)``)."""
     shape = tuple(int(s) for s in msg.shape)
     want = "(B, V, H, W, 3)" if batched else "(V, H, W, 3)"
@@ -150,12 +161,18 @@ def decode_frames(msg: reward_pb2.Frames, what: str, views: tuple[str, ...], ima
     if len(shape) != (5 if batched else 4) or shape[-1] != 3:
         raise _Invalid(f"{what}: shape {shape}, expected {want}")
     if shape[-4] != len(views):
-        raise _Invalid(f"{what}: {shape[-4]} views, the model expects {len(views)} ({', '.join(views)})")
+        raise _Invalid(
+            f"{what}: {shape[-4]} views, the model expects {len(views)} ({', '.join(views)})"
+        )
     if tuple(shape[-3:-1]) != tuple(image_size):
-        raise _Invalid(f"{what}: {shape[-3]}x{shape[-2]} px, the model expects {image_size[0]}x{image_size[1]}")
+        raise _Invalid(
+            f"{what}: {shape[-3]}x{shape[-2]} px, the model expects {image_size[0]}x{image_size[1]}"
+        )
     if len(msg.data) != math.prod(shape):
         raise _Invalid(f"{what}: {len(msg.data)} bytes, shape {shape} needs {math.prod(shape)}")
-    return np.frombuffer(msg.data, np.uint8).reshape(shape).copy()  # writable: torch.from_numpy wants it
+    return (
+        np.frombuffer(msg.data, np.uint8).reshape(shape).copy()
+    )  # writable: torch.from_numpy wants it
 
 
 def _env_ids(ids, rows: int) -> list[int]:
@@ -204,7 +221,9 @@ class EnvTable:
             self._seen[client] = time.monotonic()
             new = [e for e in env_ids if (client, e) not in self._map]
             if len(self._map) + len(new) > self.max_envs:
-                raise _Full(f"the server holds {len(self._map)} environments (limit {self.max_envs})")
+                raise _Full(
+                    f"the server holds {len(self._map)} environments (limit {self.max_envs})"
+                )
             for e in new:
                 self._map[(client, e)] = self._free.pop() if self._free else self._alloc()
             return [self._map[(client, e)] for e in env_ids]
@@ -218,8 +237,10 @@ class EnvTable:
             self._seen[client] = time.monotonic()
             missing = [e for e in env_ids if (client, e) not in self._map]
             if missing:
-                raise _NotReset(f"env ids {missing} of this client were never reset on this server "
-                                "(did it restart?): call reset with their task context")
+                raise _NotReset(
+                    f"env ids {missing} of this client were never reset on this server "
+                    "(did it restart?): call reset with their task context"
+                )
             return [self._map[(client, e)] for e in env_ids]
 
     def unmap(self, client: str) -> list[int]:
@@ -248,8 +269,10 @@ class _TokenAuth(grpc.ServerInterceptor):
         self._expected = f"Bearer {token}".encode()
 
         def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          f"missing or wrong token: send 'authorization: Bearer <token>' (clients read ${TOKEN_ENV})")
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"missing or wrong token: send 'authorization: Bearer <token>' (clients read ${TOKEN_ENV})",
+            )
 
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
 
@@ -273,16 +296,25 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
 
     def Info(self, request, context):
         s = self.batcher.stats
-        return reward_pb2.InfoReply(views=list(self.views), height=self.image_size[0], width=self.image_size[1],
-                                    model=self.model_name, max_batch=self.cfg.max_batch,
-                                    max_message_bytes=self.cfg.max_message_bytes, server_id=self.server_id,
-                                    requests=s.requests, model_calls=s.model_calls)
+        return reward_pb2.InfoReply(
+            views=list(self.views),
+            height=self.image_size[0],
+            width=self.image_size[1],
+            model=self.model_name,
+            max_batch=self.cfg.max_batch,
+            max_message_bytes=self.cfg.max_message_bytes,
+            server_id=self.server_id,
+            requests=s.requests,
+            model_calls=s.model_calls,
+        )
 
     def Reset(self, request, context):
         t0 = time.perf_counter()
         try:
             client = _client_id(request.client_id)
-            frames = decode_frames(request.frames, "first frames", self.views, self.image_size, batched=True)
+            frames = decode_frames(
+                request.frames, "first frames", self.views, self.image_size, batched=True
+            )
             ids = _env_ids(request.env_ids, frames.shape[0])
             if len(request.contexts) != len(ids):
                 raise _Invalid(f"{len(request.contexts)} contexts for {len(ids)} env ids")
@@ -291,14 +323,18 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         except _Invalid as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except _Full as e:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{e}: close idle clients or raise --max_envs")
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{e}: close idle clients or raise --max_envs"
+            )
         return self._serve(Request(Kind.reset, indices, frames, contexts), context, t0)
 
     def Predict(self, request, context):
         t0 = time.perf_counter()
         try:
             client = _client_id(request.client_id)
-            frames = decode_frames(request.frames, "frames", self.views, self.image_size, batched=True)
+            frames = decode_frames(
+                request.frames, "frames", self.views, self.image_size, batched=True
+            )
             indices = self.envs.lookup(client, _env_ids(request.env_ids, frames.shape[0]))
         except _Invalid as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -316,10 +352,15 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         def frames(field: str):
             if not c.HasField(field):
                 return None
-            return decode_frames(getattr(c, field), f"context {field}", self.views, self.image_size, batched=False)
+            return decode_frames(
+                getattr(c, field), f"context {field}", self.views, self.image_size, batched=False
+            )
 
-        return TaskContext(text=c.text if c.HasField("text") else None,
-                           start_frames=frames("start_frames"), goal_frames=frames("goal_frames"))
+        return TaskContext(
+            text=c.text if c.HasField("text") else None,
+            start_frames=frames("start_frames"),
+            goal_frames=frames("goal_frames"),
+        )
 
     def _release(self, indices: list[int], timeout: float | None = None) -> int:
         """Recycle model indices on the worker thread, after every request queued before."""
@@ -327,7 +368,10 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             return 0
         try:
             return self.batcher.call(lambda: self.envs.recycle(indices), timeout)
-        except (Busy, FutureTimeout):  # a timed-out call still runs later; a refused one leaks these indices
+        except (
+            Busy,
+            FutureTimeout,
+        ):  # a timed-out call still runs later; a refused one leaks these indices
             return 0
 
     def _sweep(self) -> None:
@@ -343,20 +387,31 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
     def _serve(self, req: Request, context, t0: float) -> reward_pb2.ProgressReply:
         self._sweep()
         remaining = context.time_remaining()
-        budget = self.cfg.request_timeout_s if remaining is None else min(remaining, self.cfg.request_timeout_s)
+        budget = (
+            self.cfg.request_timeout_s
+            if remaining is None
+            else min(remaining, self.cfg.request_timeout_s)
+        )
         req.deadline = time.monotonic() + budget
         try:
             fut = self.batcher.submit(req)
         except Busy as e:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"reward server busy: {e}; lower the request rate or add a server")
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"reward server busy: {e}; lower the request rate or add a server",
+            )
         context.add_callback(fut.cancel)  # the client went away: drop the request if it has not run
         code, msg = None, ""
         try:
             res = fut.result(timeout=max(0.0, req.deadline - time.monotonic()))
         except (FutureTimeout, Expired):
             fut.cancel()
-            code, msg = grpc.StatusCode.DEADLINE_EXCEEDED, (
-                f"no result within {1e3 * budget:.0f} ms (queue + model): the server is overloaded or the deadline too short")
+            code, msg = (
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                (
+                    f"no result within {1e3 * budget:.0f} ms (queue + model): the server is overloaded or the deadline too short"
+                ),
+            )
         except CancelledError:
             code, msg = grpc.StatusCode.CANCELLED, "request cancelled"
         except ModelInputError as e:
@@ -365,12 +420,19 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             code, msg = grpc.StatusCode.UNAVAILABLE, str(e)
         except Exception as e:  # noqa: BLE001 - reported to the client, logged here
             log.exception("model call failed")
-            code, msg = grpc.StatusCode.INTERNAL, f"model error {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            code, msg = (
+                grpc.StatusCode.INTERNAL,
+                f"model error {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            )
         if code is not None:
             context.abort(code, msg)
-        return reward_pb2.ProgressReply(progress=res.progress.tolist(), success=res.success.tolist(),
-                                        confidence=res.confidence.tolist(), batch_rows=res.batch_rows,
-                                        server_ms=1e3 * (time.perf_counter() - t0))
+        return reward_pb2.ProgressReply(
+            progress=res.progress.tolist(),
+            success=res.success.tolist(),
+            confidence=res.confidence.tolist(),
+            batch_rows=res.batch_rows,
+            server_ms=1e3 * (time.perf_counter() - t0),
+        )
 
 
 # ---------------------------------------------------------------------- server
@@ -385,7 +447,9 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto", compile: bo
         raise RoboError("--device cuda but CUDA is not available here: use --device cpu")
     kind, _, arg = spec.partition(":")
     if kind == "grpc":
-        raise RoboError("a reward server serves a local model: give grm:<dir>, not a grpc:// address")
+        raise RoboError(
+            "a reward server serves a local model: give grm:<dir>, not a grpc:// address"
+        )
     if kind != "grm":
         from robo.reward.registry import load_progress_model
 
@@ -395,8 +459,11 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto", compile: bo
     from models.grm.model import GRM
 
     try:
-        return make_fast(GRMProgressModel(GRM.from_pretrained(arg), device=device),
-                         dtype=str(getattr(dtype, "value", dtype)), compile=compile)
+        return make_fast(
+            GRMProgressModel(GRM.from_pretrained(arg), device=device),
+            dtype=str(getattr(dtype, "value", dtype)),
+            compile=compile,
+        )
     except ModelInputError as e:
         raise RoboError(str(e)) from None
 
@@ -412,17 +479,32 @@ class RewardServer:
         on_start: run on the model's worker thread before serving (compile warm-up).
     """
 
-    def __init__(self, model, cfg: ServeConfig | None = None, token: str | None = None, model_name: str | None = None,
-                 on_start=None):
+    def __init__(
+        self,
+        model,
+        cfg: ServeConfig | None = None,
+        token: str | None = None,
+        model_name: str | None = None,
+        on_start=None,
+    ):
         self.cfg = cfg = cfg or ServeConfig()
-        self.batcher = Batcher(model, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue, on_start=on_start)
-        self.servicer = RewardServicer(model, cfg, model_name or cfg.model or type(model).__name__, self.batcher)
-        opts = [("grpc.max_receive_message_length", cfg.max_message_bytes),
-                ("grpc.max_send_message_length", cfg.max_message_bytes),
-                ("grpc.so_reuseport", 0)]  # a second server on the same port must fail, not share it
-        self._server = grpc.server(futures.ThreadPoolExecutor(cfg.workers, thread_name_prefix="reward-rpc"),
-                                   interceptors=[_TokenAuth(token)] if token else [], options=opts,
-                                   maximum_concurrent_rpcs=cfg.workers)
+        self.batcher = Batcher(
+            model, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue, on_start=on_start
+        )
+        self.servicer = RewardServicer(
+            model, cfg, model_name or cfg.model or type(model).__name__, self.batcher
+        )
+        opts = [
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]  # a second server on the same port must fail, not share it
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(cfg.workers, thread_name_prefix="reward-rpc"),
+            interceptors=[_TokenAuth(token)] if token else [],
+            options=opts,
+            maximum_concurrent_rpcs=cfg.workers,
+        )
         reward_pb2_grpc.add_RewardServiceServicer_to_server(self.servicer, self._server)
         host = f"[{cfg.host}]" if ":" in cfg.host and not cfg.host.startswith("[") else cfg.host
         try:
@@ -431,7 +513,9 @@ class RewardServer:
             self.port = 0
         if not self.port:
             self.batcher.close()
-            raise RoboError(f"cannot listen on {cfg.host}:{cfg.port} (port in use?): pick another --port")
+            raise RoboError(
+                f"cannot listen on {cfg.host}:{cfg.port} (port in use?): pick another --port"
+            )
         if cfg.host not in LOOPBACK:
             log.warning("serving on %s without TLS: the token travels in plain text", cfg.host)
         self.address = f"{cfg.host}:{self.port}"
@@ -481,9 +565,12 @@ def serve_forever(cfg: ServeConfig) -> None:
     server = build_server(cfg).start()
     device = getattr(getattr(server.servicer.model, "device", None), "type", "cpu")
     settings = getattr(getattr(server.servicer.model, "model", None), "settings", None)
-    print(f"reward server listening on {server.address} (model {cfg.model}, {device}"
-          f"{', ' + settings.dtype if settings else ''}{', compiled' if cfg.compile else ''}, max_batch {cfg.max_batch}, "
-          f"max_wait {cfg.max_wait_ms} ms)", flush=True)
+    print(
+        f"reward server listening on {server.address} (model {cfg.model}, {device}"
+        f"{', ' + settings.dtype if settings else ''}{', compiled' if cfg.compile else ''}, max_batch {cfg.max_batch}, "
+        f"max_wait {cfg.max_wait_ms} ms)",
+        flush=True,
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -516,7 +603,10 @@ def main(argv: list[str] | None = None) -> None:
         root = e
         while root.__cause__ is not None or root.__context__ is not None:
             root = root.__cause__ or root.__context__
-        print(f"error: {str(root).splitlines()[0] if str(root) else type(root).__name__}", file=sys.stderr)
+        print(
+            f"error: {str(root).splitlines()[0] if str(root) else type(root).__name__}",
+            file=sys.stderr,
+        )
         sys.exit(2)
 
 

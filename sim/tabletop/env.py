@@ -47,7 +47,9 @@ class CartesianController:
         self._jp = np.zeros((3, model.nv))
         self._jr = np.zeros((3, model.nv))
 
-    def solve(self, qpos: np.ndarray, target_pos: np.ndarray, target_rot: np.ndarray, iters: int = 8):
+    def solve(
+        self, qpos: np.ndarray, target_pos: np.ndarray, target_rot: np.ndarray, iters: int = 8
+    ):
         """Joint targets (6,) that put the tool site at ``target_pos`` with orientation ``target_rot``."""
         d = self.scratch
         d.qpos[:] = qpos
@@ -115,7 +117,11 @@ class TabletopEnv(gym.Env):
         self.data = mujoco.MjData(self.model)
         self.controller = CartesianController(self.model)
         self._renderer: mujoco.Renderer | None = None
-        self._defaults = (self.model.geom_rgba.copy(), self.model.light_diffuse.copy(), self.model.light_pos.copy())
+        self._defaults = (
+            self.model.geom_rgba.copy(),
+            self.model.light_diffuse.copy(),
+            self.model.light_pos.copy(),
+        )
         self._ids()
         self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.dt))}
         self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
@@ -132,7 +138,9 @@ class TabletopEnv(gym.Env):
         self.tcp_site = m.site("tcp").id
         self.goal_site = m.site("goal").id
         self.arm_qadr = np.array([m.joint(j).qposadr[0] for j in ARM_JOINTS])
-        self.finger_qadr = np.array([m.joint(n).qposadr[0] for n in ("finger_left", "finger_right")])
+        self.finger_qadr = np.array(
+            [m.joint(n).qposadr[0] for n in ("finger_left", "finger_right")]
+        )
         self.finger_geoms = (m.geom("finger_left_geom").id, m.geom("finger_right_geom").id)
         self.obj_qadr = {o.name: m.joint(f"{o.name}_joint").qposadr[0] for o in self.OBJECTS}
         self.obj_geom = {o.name: m.geom(f"{o.name}_geom").id for o in self.OBJECTS}
@@ -211,7 +219,9 @@ class TabletopEnv(gym.Env):
     def step(self, action):
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (4,):
-            raise SimError(f"action has shape {action.shape}; {self.ENV_ID} expects (4,): dx, dy, dz, grip")
+            raise SimError(
+                f"action has shape {action.shape}; {self.ENV_ID} expects (4,): dx, dy, dz, grip"
+            )
         if not np.all(np.isfinite(action)):
             raise SimError(f"action {action} contains NaN or inf")
         action = np.clip(action, -1.0, 1.0)
@@ -261,14 +271,18 @@ class TabletopEnv(gym.Env):
             jitter = rng.uniform(-r.color_jitter, r.color_jitter, (m.ngeom, 3))
             m.geom_rgba[:, :3] = np.clip(rgba[:, :3] + jitter, 0.0, 1.0)
         if r.lighting:
-            m.light_diffuse[:] = np.clip(diffuse * (1.0 + rng.uniform(-r.light_jitter, r.light_jitter)), 0, 1)
+            m.light_diffuse[:] = np.clip(
+                diffuse * (1.0 + rng.uniform(-r.light_jitter, r.light_jitter)), 0, 1
+            )
             m.light_pos[:] = lpos + rng.uniform(-r.light_jitter, r.light_jitter, lpos.shape)
 
     def _obs(self) -> np.ndarray:
         obs = np.zeros(OBS_DIM)
         obs[0:3] = self.tcp
         vel = np.zeros(6)
-        mujoco.mj_objectVelocity(self.model, self.data, mujoco.mjtObj.mjOBJ_SITE, self.tcp_site, vel, 0)
+        mujoco.mj_objectVelocity(
+            self.model, self.data, mujoco.mjtObj.mjOBJ_SITE, self.tcp_site, vel, 0
+        )
         obs[3:6] = vel[3:]
         obs[6] = self.gripper_opening
         for k, o in enumerate(self.OBJECTS[:2]):

@@ -51,7 +51,9 @@ def _cameras_xml() -> str:
     out = []
     for name, (pos, target) in FIXED_CAMERAS.items():
         p = " ".join(f"{v:.4f}" for v in pos)
-        out.append(f'<camera name="{name}" pos="{p}" xyaxes="{look_at_xyaxes(pos, target)}" fovy="55"/>')
+        out.append(
+            f'<camera name="{name}" pos="{p}" xyaxes="{look_at_xyaxes(pos, target)}" fovy="55"/>'
+        )
     return "\n    ".join(out)
 
 

@@ -20,7 +20,9 @@ def _frac_done(dist: float, dist0: float) -> float:
     return float(np.clip(1.0 - dist / max(dist0, 1e-6), 0.0, 1.0))
 
 
-def _sample_apart(rng, n: int, min_dist: float, low=TABLE_XY_LOW, high=TABLE_XY_HIGH) -> list[np.ndarray]:
+def _sample_apart(
+    rng, n: int, min_dist: float, low=TABLE_XY_LOW, high=TABLE_XY_HIGH
+) -> list[np.ndarray]:
     """``n`` xy points on the table, pairwise at least ``min_dist`` apart."""
     pts: list[np.ndarray] = []
     while len(pts) < n:
@@ -57,7 +59,9 @@ class ReachEnv(TabletopEnv):
     def _place_objects(self, rng) -> None:
         self.goal = np.array([0.05, 0.1, 0.1])
         while self.randomization.object_pose:
-            self.goal = np.array([*rng.uniform(TABLE_XY_LOW, TABLE_XY_HIGH), rng.uniform(0.04, 0.2)])
+            self.goal = np.array(
+                [*rng.uniform(TABLE_XY_LOW, TABLE_XY_HIGH), rng.uniform(0.04, 0.2)]
+            )
             if np.linalg.norm(self.goal[:2] - [-0.12, 0.0]) > 0.2:  # away from the start pose
                 break
 
@@ -120,7 +124,11 @@ class PushEnv(TabletopEnv):
     def _stage_progress(self):
         _, pre, along, lateral = self.push_geometry()
         d_block = np.linalg.norm(self.obj_pos("block")[:2] - self.goal[:2])
-        behind = -(0.025 + self.STANDOFF + 0.015) <= along <= -0.02 and lateral < 0.02 and self.tcp[2] < 0.06
+        behind = (
+            -(0.025 + self.STANDOFF + 0.015) <= along <= -0.02
+            and lateral < 0.02
+            and self.tcp[2] < 0.06
+        )
         if behind or d_block < self._d0_block - 0.01:
             return 1, _frac_done(d_block - self.SUCCESS_DIST, self._d0_block - self.SUCCESS_DIST)
         return 0, _frac_done(np.linalg.norm(self.tcp - np.array([*pre, 0.03])), self._d0_reach)
@@ -144,7 +152,11 @@ class PushExpert(_ScriptedExpert):
             if aligned and tcp[2] < self.PUSH_Z + 0.01:
                 self.stage = 1
             elif np.linalg.norm(tcp[:2] - pre) > 0.015:
-                z = self.SAFE_Z if (tcp[2] < self.SAFE_Z - 0.02 and along > -0.06) else max(tcp[2], self.PUSH_Z)
+                z = (
+                    self.SAFE_Z
+                    if (tcp[2] < self.SAFE_Z - 0.02 and along > -0.06)
+                    else max(tcp[2], self.PUSH_Z)
+                )
                 if tcp[2] < self.SAFE_Z - 0.02 and along > -0.06:
                     return self._move([*tcp[:2], self.SAFE_Z], 1.0)
                 return self._move([*pre, z], 1.0)
@@ -191,7 +203,10 @@ class PickPlaceEnv(TabletopEnv):
 
     def _success(self) -> bool:
         cube, goal = self.obj_pos(self.PICK), self.goal_pos()
-        at_goal = np.linalg.norm(cube[:2] - goal[:2]) < self.XY_TOL + 0.01 and abs(cube[2] - goal[2]) < self.Z_TOL
+        at_goal = (
+            np.linalg.norm(cube[:2] - goal[:2]) < self.XY_TOL + 0.01
+            and abs(cube[2] - goal[2]) < self.Z_TOL
+        )
         return bool(at_goal and not any(self.touching(self.PICK)))
 
     def _stage_progress(self):

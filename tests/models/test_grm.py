@@ -12,8 +12,17 @@ from models.grm.inference import GRMProgressModel
 from models.grm.labels import apply_hop, hop, stepwise_progress
 from models.grm.model import GRM
 
-TINY = dict(views=("front", "wrist"), image_size=(32, 32), channels=(8, 16), encoder_resolution=16,
-            d_model=32, layers=1, heads=2, num_bins=11, text_buckets=64)
+TINY = dict(
+    views=("front", "wrist"),
+    image_size=(32, 32),
+    channels=(8, 16),
+    encoder_resolution=16,
+    d_model=32,
+    layers=1,
+    heads=2,
+    num_bins=11,
+    text_buckets=64,
+)
 
 
 def frames(b, v=2, size=32, seed=0):
@@ -108,7 +117,9 @@ def test_incremental_chaining_follows_hops():
         model.head[-1].bias[6] = 30.0
     pm = GRMProgressModel(model, perspectives=("incremental",))
     first = pm.reset([0], [TaskContext()], frames(1))
-    phis = [float(first.progress)] + [float(pm.predict(frames(1, seed=s)).progress) for s in range(3)]
+    phis = [float(first.progress)] + [
+        float(pm.predict(frames(1, seed=s)).progress) for s in range(3)
+    ]
     np.testing.assert_allclose(phis, [0.2, 0.36, 0.488, 0.5904], atol=1e-4)
 
 

@@ -10,8 +10,17 @@ from models.grm.fast import FastGRM, bucket, make_fast, resolve_dtype, warmup
 from models.grm.inference import GRMProgressModel
 from models.grm.model import GRM
 
-TINY = dict(views=("front", "wrist"), image_size=(32, 32), channels=(8, 16), encoder_resolution=16,
-            d_model=32, layers=1, heads=2, num_bins=11, text_buckets=64)
+TINY = dict(
+    views=("front", "wrist"),
+    image_size=(32, 32),
+    channels=(8, 16),
+    encoder_resolution=16,
+    d_model=32,
+    layers=1,
+    heads=2,
+    num_bins=11,
+    text_buckets=64,
+)
 
 
 def frames(t, b, seed=0):
@@ -24,12 +33,17 @@ def pair(device="cpu", **fast):
     plain = GRM(GRMConfig(**TINY))
     other = GRM(GRMConfig(**TINY))
     other.load_state_dict(plain.state_dict())
-    return GRMProgressModel(plain, device=device), make_fast(GRMProgressModel(other, device=device), **fast)
+    return GRMProgressModel(plain, device=device), make_fast(
+        GRMProgressModel(other, device=device), **fast
+    )
 
 
 def contexts(fr, b):
-    return [TaskContext("put the red cube on the plate", fr[0, 0], fr[-1, 0]), TaskContext(text="reach"),
-            TaskContext(start_frames=fr[1, -1])][:b] + [TaskContext("reach", goal_frames=fr[2, 0])] * max(0, b - 3)
+    return [
+        TaskContext("put the red cube on the plate", fr[0, 0], fr[-1, 0]),
+        TaskContext(text="reach"),
+        TaskContext(start_frames=fr[1, -1]),
+    ][:b] + [TaskContext("reach", goal_frames=fr[2, 0])] * max(0, b - 3)
 
 
 def run(pm, fr, b):
@@ -80,7 +94,11 @@ def test_caching_is_kept_each_frame_encoded_once():
     rows.clear()
     for t in range(1, 4):
         fast.predict(fr[t])
-    assert rows == [3, 3, 3]  # only the new frames; previous and reference features come from the cache
+    assert rows == [
+        3,
+        3,
+        3,
+    ]  # only the new frames; previous and reference features come from the cache
     prev = fast._state[0]["prev"]
     assert prev.dtype == torch.float32
     torch.testing.assert_close(prev, fast.model.encode(torch.from_numpy(fr[3][:1]))[0])

@@ -397,5 +397,7 @@ def test_int8_quantization_stays_close_to_fp32(clip):
         m = make(copy.deepcopy(clip), mode="goal_image", int8=int8)
         m.reset([0, 1, 2], [ctx] * 3, now)
         out.append(m.predict(now).progress)
-    assert isinstance(m.clip.visual.transformer.resblocks[0].mlp.c_fc, torch.ao.nn.quantized.dynamic.Linear)
+    assert isinstance(
+        m.clip.visual.transformer.resblocks[0].mlp.c_fc, torch.ao.nn.quantized.dynamic.Linear
+    )
     assert torch.allclose(out[0], out[1], atol=0.05)

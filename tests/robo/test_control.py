@@ -10,10 +10,18 @@ from robo.cli import main
 from robo.control import ControlLoop, Event, make_policy
 from robo.store import EpisodeStore
 
-CART = {"type": "sim", "id": "tabletop", "task": "pick-place", "action_space": "cartesian", "control_hz": 25,
-        "cameras": {"front": {"camera": "front", "width": 32, "height": 32},
-                    "side": {"camera": "side", "width": 32, "height": 32},
-                    "wrist": {"camera": "wrist", "width": 32, "height": 32}}}
+CART = {
+    "type": "sim",
+    "id": "tabletop",
+    "task": "pick-place",
+    "action_space": "cartesian",
+    "control_hz": 25,
+    "cameras": {
+        "front": {"camera": "front", "width": 32, "height": 32},
+        "side": {"camera": "side", "width": 32, "height": 32},
+        "wrist": {"camera": "wrist", "width": 32, "height": 32},
+    },
+}
 
 
 @pytest.fixture
@@ -56,20 +64,77 @@ def test_robot_record_and_run_cli(tmp_path):
     assert main(["robot", "record", "--robot", str(cfg), "--max_steps", "80", "--out", demos]) == 0
     store = EpisodeStore.open(demos)
     meta = store.episode_meta(0)
-    assert meta.policy == "expert" and meta.outcome == "success" and meta.env_id == "tabletop/pick-place-v0"
+    assert (
+        meta.policy == "expert"
+        and meta.outcome == "success"
+        and meta.env_id == "tabletop/pick-place-v0"
+    )
     assert store.views == ("front", "side", "wrist")
-    assert main(["reward", "train", "--data", demos, "--config", "configs/grm/tiny.yaml", "--out",
-                 str(tmp_path / "grm"), "--steps", "2"]) == 0
+    assert (
+        main(
+            [
+                "reward",
+                "train",
+                "--data",
+                demos,
+                "--config",
+                "configs/grm/tiny.yaml",
+                "--out",
+                str(tmp_path / "grm"),
+                "--steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     runs = str(tmp_path / "runs")
-    assert main(["robot", "run", "--robot", str(cfg), "--policy", "hold", "--reward", f"grm:{tmp_path}/grm/model",
-                 "--reference", f"{demos}:0", "--max_steps", "10", "--out", runs]) == 0
+    assert (
+        main(
+            [
+                "robot",
+                "run",
+                "--robot",
+                str(cfg),
+                "--policy",
+                "hold",
+                "--reward",
+                f"grm:{tmp_path}/grm/model",
+                "--reference",
+                f"{demos}:0",
+                "--max_steps",
+                "10",
+                "--out",
+                runs,
+            ]
+        )
+        == 0
+    )
     ep = EpisodeStore.open(runs).episode(0)
     assert len(ep.extra["progress"]) == 11 and ep.env_reward.shape == (11,)
     assert ep.outcome == "failure"  # held still: the simulator's verdict labels it
     # labelled robot episodes feed the reward model's refinement
     adapted = tmp_path / "adapted"
-    assert main(["reward", "adapt", "--model", f"{tmp_path}/grm/model", "--demo", f"{demos}:0", "--outcomes", runs,
-                 "--steps", "2", "--groups", "2", "--out", str(adapted)]) == 0
+    assert (
+        main(
+            [
+                "reward",
+                "adapt",
+                "--model",
+                f"{tmp_path}/grm/model",
+                "--demo",
+                f"{demos}:0",
+                "--outcomes",
+                runs,
+                "--steps",
+                "2",
+                "--groups",
+                "2",
+                "--out",
+                str(adapted),
+            ]
+        )
+        == 0
+    )
     import json
 
     meta = json.loads((adapted / "config.json").read_text())
@@ -79,5 +144,8 @@ def test_robot_record_and_run_cli(tmp_path):
 def test_bad_robot_input(tmp_path, capsys):
     assert main(["robot", "run", "--robot", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml" in capsys.readouterr().err
-    assert main(["robot", "run", "--robot", "configs/robots/sim_tabletop.yaml", "--policy", "magic"]) == 2
+    assert (
+        main(["robot", "run", "--robot", "configs/robots/sim_tabletop.yaml", "--policy", "magic"])
+        == 2
+    )
     assert "--policy" in capsys.readouterr().err

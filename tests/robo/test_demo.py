@@ -6,11 +6,25 @@ from robo.demo import DemoConfig, run
 
 
 def test_demo_pipeline_smoke(tmp_path):
-    report = run(DemoConfig(out=str(tmp_path / "demo"), demos=3, train_rollouts=1, rollouts=1, size=32,
-                            grm_config="configs/grm/tiny.yaml", grm_steps=4, rl_steps=60, exploit_sequences=2))
+    report = run(
+        DemoConfig(
+            out=str(tmp_path / "demo"),
+            demos=3,
+            train_rollouts=1,
+            rollouts=1,
+            size=32,
+            grm_config="configs/grm/tiny.yaml",
+            grm_steps=4,
+            rl_steps=60,
+            exploit_sequences=2,
+        )
+    )
     out = tmp_path / "demo"
     saved = json.loads((out / "report.json").read_text())
-    assert saved["env"] == "tabletop/pick-place-v0" and set(saved["rl_final_success"]) == {"sparse", "pbrs(grm)"}
+    assert saved["env"] == "tabletop/pick-place-v0" and set(saved["rl_final_success"]) == {
+        "sparse",
+        "pbrs(grm)",
+    }
     assert -1 <= report["grm_eval"]["voc"] <= 1
     for f in ("demo_ep0.mp4", "policy_pbrs.mp4", "rl/curves.png", "eval/summary.json"):
         assert (out / f).stat().st_size > 1000, f

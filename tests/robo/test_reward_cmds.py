@@ -23,17 +23,54 @@ def stores(tmp_path_factory):
     pp, rollouts = str(base / "pp"), str(base / "pp-roll")
     common = ["--env", "tabletop/pick-place-v0", "--size", "32"]
     assert main(["collect", *common, "--episodes", "4", "--out", pp]) == 0
-    assert main(["collect", *common, "--episodes", "2", "--policy", "near-miss", "--seed", "100", "--out", pp]) == 0
+    assert (
+        main(
+            [
+                "collect",
+                *common,
+                "--episodes",
+                "2",
+                "--policy",
+                "near-miss",
+                "--seed",
+                "100",
+                "--out",
+                pp,
+            ]
+        )
+        == 0
+    )
     assert main(["collect", *common, "--episodes", "2", "--seed", "500", "--out", rollouts]) == 0
     for k, policy in enumerate(("undo", "half", "random-freeze")):
-        assert main(["collect", *common, "--episodes", "1", "--policy", policy, "--seed", str(600 + k), "--out", rollouts]) == 0
+        assert (
+            main(
+                [
+                    "collect",
+                    *common,
+                    "--episodes",
+                    "1",
+                    "--policy",
+                    policy,
+                    "--seed",
+                    str(600 + k),
+                    "--out",
+                    rollouts,
+                ]
+            )
+            == 0
+        )
     return base, pp, rollouts
 
 
 def test_train_records_what_it_saw_and_resumes(stores, tmp_path):
     _, pp, _ = stores
     out = tmp_path / "run"
-    assert main(["reward", "train", "--data", pp, "--config", TINY, "--out", str(out), "--steps", "10"]) == 0
+    assert (
+        main(
+            ["reward", "train", "--data", pp, "--config", TINY, "--out", str(out), "--steps", "10"]
+        )
+        == 0
+    )
     meta = json.loads((out / "model" / "config.json").read_text())
     seen = meta["training"]["tasks"][0]
     assert seen["env_id"] == "tabletop/pick-place-v0"
@@ -42,8 +79,25 @@ def test_train_records_what_it_saw_and_resumes(stores, tmp_path):
     assert list((out / "tb").iterdir())
     state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] == 10
-    assert main(["reward", "train", "--data", pp, "--config", TINY, "--out", str(out), "--steps", "14",
-                 "--resume", "true"]) == 0
+    assert (
+        main(
+            [
+                "reward",
+                "train",
+                "--data",
+                pp,
+                "--config",
+                TINY,
+                "--out",
+                str(out),
+                "--steps",
+                "14",
+                "--resume",
+                "true",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"] == 14
     GRM.from_pretrained(out / "model")
 
@@ -62,7 +116,23 @@ def test_training_never_reads_privileged_progress(stores, tmp_path):
     outs = []
     for data in (pp, str(scrambled)):
         out = tmp_path / Path(data).name
-        assert main(["reward", "train", "--data", data, "--config", TINY, "--out", str(out), "--steps", "3"]) == 0
+        assert (
+            main(
+                [
+                    "reward",
+                    "train",
+                    "--data",
+                    data,
+                    "--config",
+                    TINY,
+                    "--out",
+                    str(out),
+                    "--steps",
+                    "3",
+                ]
+            )
+            == 0
+        )
         outs.append(GRM.from_pretrained(out / "model").state_dict())
     for k in outs[0]:
         np.testing.assert_array_equal(outs[0][k].numpy(), outs[1][k].numpy())
@@ -71,32 +141,99 @@ def test_training_never_reads_privileged_progress(stores, tmp_path):
 def test_training_set_discipline(stores, tmp_path, capsys):
     base, _, _ = stores
     other = str(base / "door-lock")
-    assert main(["collect", "--env", "metaworld/door-lock-v3", "--size", "32", "--episodes", "1", "--out", other]) == 0
+    assert (
+        main(
+            [
+                "collect",
+                "--env",
+                "metaworld/door-lock-v3",
+                "--size",
+                "32",
+                "--episodes",
+                "1",
+                "--out",
+                other,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["reward", "train", "--data", other, "--config", TINY, "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["reward", "train", "--data", other, "--config", TINY, "--out", str(tmp_path / "x")])
+        == 2
+    )
     assert "not a training task" in capsys.readouterr().err
 
 
 def test_adapt_from_one_demo_and_eval(stores, tmp_path):
     _, pp, rollouts = stores
     run = tmp_path / "run"
-    assert main(["reward", "train", "--data", pp, "--config", TINY, "--out", str(run), "--steps", "6"]) == 0
+    assert (
+        main(["reward", "train", "--data", pp, "--config", TINY, "--out", str(run), "--steps", "6"])
+        == 0
+    )
     adapted = tmp_path / "adapted"
-    assert main(["reward", "adapt", "--model", str(run / "model"), "--demo", f"{pp}:1", "--out", str(adapted),
-                 "--steps", "5", "--groups", "2"]) == 0
+    assert (
+        main(
+            [
+                "reward",
+                "adapt",
+                "--model",
+                str(run / "model"),
+                "--demo",
+                f"{pp}:1",
+                "--out",
+                str(adapted),
+                "--steps",
+                "5",
+                "--groups",
+                "2",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((adapted / "config.json").read_text())
-    assert meta["adaptation"]["demo"] == {"data": pp, "episode": 1, "env_id": "tabletop/pick-place-v0"}
-    assert main(["reward", "adapt", "--model", str(run / "model"), "--demo", f"{pp}:4"]) == 2  # not a demo
+    assert meta["adaptation"]["demo"] == {
+        "data": pp,
+        "episode": 1,
+        "env_id": "tabletop/pick-place-v0",
+    }
+    assert (
+        main(["reward", "adapt", "--model", str(run / "model"), "--demo", f"{pp}:4"]) == 2
+    )  # not a demo
     report = tmp_path / "eval"
-    assert main(["reward", "eval", "--model", f"grm:{adapted}", "--data", rollouts, "--reference", f"{pp}:0",
-                 "--out", str(report), "--calibrate", "true", "--exploit_sequences", "4", "--exploit_starts", "1"]) == 0
+    assert (
+        main(
+            [
+                "reward",
+                "eval",
+                "--model",
+                f"grm:{adapted}",
+                "--data",
+                rollouts,
+                "--reference",
+                f"{pp}:0",
+                "--out",
+                str(report),
+                "--calibrate",
+                "true",
+                "--exploit_sequences",
+                "4",
+                "--exploit_starts",
+                "1",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((report / "summary.json").read_text())
     assert summary["episodes"] == 5
     for key in ("voc", "progress_mae", "outcome_accuracy", "false_success_rate", "epic_distance"):
         assert key in summary
     assert 0 <= summary["exploitation"]["exploit_rate"] <= 1
     assert (adapted / "thresholds.json").is_file()
-    assert list((report / "plots").glob("episode_*.png")) and list((report / "videos").glob("*.mp4"))
+    assert list((report / "plots").glob("episode_*.png")) and list(
+        (report / "videos").glob("*.mp4")
+    )
 
 
 @pytest.mark.timeout(300)
@@ -104,8 +241,27 @@ def test_ddp_two_cpu_processes_on_gloo(stores, tmp_path):
     _, pp, _ = stores
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "robo.cli", "reward", "train", "--data", pp, "--config", TINY, "--out", str(out), "--steps", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "robo.cli",
+        "reward",
+        "train",
+        "--data",
+        pp,
+        "--config",
+        TINY,
+        "--out",
+        str(out),
+        "--steps",
+        "4",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-2000:]
     meta = json.loads((out / "model" / "config.json").read_text())

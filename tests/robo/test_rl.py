@@ -1,6 +1,5 @@
 """`robo rl train`: smoke runs (SAC with BC warm start and PBRS from a tiny GRM, PPO sparse), bad input."""
 
-
 import json
 
 import pytest
@@ -14,17 +13,76 @@ TINY = "configs/grm/tiny.yaml"
 def demos_and_model(tmp_path_factory):
     base = tmp_path_factory.mktemp("rl")
     demos = str(base / "reach")
-    assert main(["collect", "--env", "tabletop/reach-v0", "--episodes", "3", "--size", "32", "--out", demos]) == 0
-    assert main(["reward", "train", "--data", demos, "--config", TINY, "--out", str(base / "grm"), "--steps", "3"]) == 0
+    assert (
+        main(
+            [
+                "collect",
+                "--env",
+                "tabletop/reach-v0",
+                "--episodes",
+                "3",
+                "--size",
+                "32",
+                "--out",
+                demos,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "reward",
+                "train",
+                "--data",
+                demos,
+                "--config",
+                TINY,
+                "--out",
+                str(base / "grm"),
+                "--steps",
+                "3",
+            ]
+        )
+        == 0
+    )
     return demos, str(base / "grm" / "model")
 
 
 def test_sac_pbrs_with_warm_start(demos_and_model, tmp_path):
     demos, model = demos_and_model
     out = tmp_path / "sac"
-    assert main(["rl", "train", "--env", "tabletop/reach-v0", "--reward", f"grm:{model}", "--shaping.mode", "pbrs",
-                 "--demos", demos, "--steps", "120", "--eval_every", "60", "--eval_episodes", "2",
-                 "--bc_epochs", "5", "--critic_warmup", "5", "--max_episode_steps", "30", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "rl",
+                "train",
+                "--env",
+                "tabletop/reach-v0",
+                "--reward",
+                f"grm:{model}",
+                "--shaping.mode",
+                "pbrs",
+                "--demos",
+                demos,
+                "--steps",
+                "120",
+                "--eval_every",
+                "60",
+                "--eval_episodes",
+                "2",
+                "--bc_epochs",
+                "5",
+                "--critic_warmup",
+                "5",
+                "--max_episode_steps",
+                "30",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["warm_start"]["transitions"] > 0 and summary["warm_start"]["replay_prefill"] > 0
     steps = [e["step"] for e in summary["evaluations"]]
@@ -36,9 +94,31 @@ def test_sac_pbrs_with_warm_start(demos_and_model, tmp_path):
 
 def test_ppo_sparse_without_a_model(tmp_path):
     out = tmp_path / "ppo"
-    assert main(["rl", "train", "--env", "tabletop/reach-v0", "--shaping.mode", "sparse", "--algo", "ppo",
-                 "--steps", "128", "--eval_every", "128", "--eval_episodes", "1", "--max_episode_steps", "20",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "rl",
+                "train",
+                "--env",
+                "tabletop/reach-v0",
+                "--shaping.mode",
+                "sparse",
+                "--algo",
+                "ppo",
+                "--steps",
+                "128",
+                "--eval_every",
+                "128",
+                "--eval_episodes",
+                "1",
+                "--max_episode_steps",
+                "20",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "eval.json").read_text())[-1]["step"] >= 128
 
 
@@ -51,7 +131,10 @@ def test_ppo_sparse_without_a_model(tmp_path):
     ],
 )
 def test_bad_input_before_training(args, message, capsys, tmp_path):
-    assert main(["rl", "train", "--env", "tabletop/reach-v0", "--out", str(tmp_path / "x"), *args]) == 2
+    assert (
+        main(["rl", "train", "--env", "tabletop/reach-v0", "--out", str(tmp_path / "x"), *args])
+        == 2
+    )
     assert message in capsys.readouterr().err
 
 
@@ -80,10 +163,45 @@ def test_refinement_loop_adapts_the_model_on_contradicting_episodes(demos_and_mo
         grm.head[-1].bias[-1] = 30.0
     grm.save_pretrained(biased)
     out = tmp_path / "refine"
-    assert main(["rl", "train", "--env", "tabletop/reach-v0", "--reward", f"grm:{biased}", "--shaping.mode", "pbrs",
-                 "--shaping.success_source", "model", "--demos", demos, "--steps", "80", "--eval_every", "80",
-                 "--eval_episodes", "1", "--bc_epochs", "0", "--max_episode_steps", "10", "--refine", "true",
-                 "--refine_every", "40", "--refine_min_episodes", "1", "--refine_steps", "3", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "rl",
+                "train",
+                "--env",
+                "tabletop/reach-v0",
+                "--reward",
+                f"grm:{biased}",
+                "--shaping.mode",
+                "pbrs",
+                "--shaping.success_source",
+                "model",
+                "--demos",
+                demos,
+                "--steps",
+                "80",
+                "--eval_every",
+                "80",
+                "--eval_episodes",
+                "1",
+                "--bc_epochs",
+                "0",
+                "--max_episode_steps",
+                "10",
+                "--refine",
+                "true",
+                "--refine_every",
+                "40",
+                "--refine_min_episodes",
+                "1",
+                "--refine_steps",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     records = summary["refinement"]
     assert records and records[0]["false_success_rate_before"] > 0.5 and records[0]["refined"]

@@ -20,8 +20,17 @@ from robo.serving.batcher import Batcher, Kind, Request
 from robo.serving.client import RemoteProgressModel, RewardServerError, parse_url
 from robo.serving.server import RewardServer, ServeConfig, main
 
-TINY = dict(views=("front", "wrist"), image_size=(32, 32), channels=(8, 16), encoder_resolution=16,
-            d_model=32, layers=1, heads=2, num_bins=11, text_buckets=64)
+TINY = dict(
+    views=("front", "wrist"),
+    image_size=(32, 32),
+    channels=(8, 16),
+    encoder_resolution=16,
+    d_model=32,
+    layers=1,
+    heads=2,
+    num_bins=11,
+    text_buckets=64,
+)
 TOKEN = "s3cret-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 
@@ -49,8 +58,11 @@ def frames(t, b, seed=0):
 
 
 def contexts(fr, b):
-    base = [TaskContext("put the cube on the plate", fr[0, 0], fr[-1, 0]), TaskContext(text=None),
-            TaskContext("reach", start_frames=fr[1, 0])]
+    base = [
+        TaskContext("put the cube on the plate", fr[0, 0], fr[-1, 0]),
+        TaskContext(text=None),
+        TaskContext("reach", start_frames=fr[1, 0]),
+    ]
     return [base[k % 3] for k in range(b)]
 
 
@@ -90,13 +102,19 @@ def test_results_through_the_server_equal_in_process(grm_dir):
     fr = frames(6, 3)
     with serve(local(grm_dir)) as server, client(server) as remote:
         assert remote.views == ("front", "wrist") and remote.image_size == (32, 32)
-        assert_same(remote.reset([0, 1, 2], contexts(fr, 3), fr[0]), ref.reset([0, 1, 2], contexts(fr, 3), fr[0]))
+        assert_same(
+            remote.reset([0, 1, 2], contexts(fr, 3), fr[0]),
+            ref.reset([0, 1, 2], contexts(fr, 3), fr[0]),
+        )
         for t in range(1, 6):
             out = remote.predict(fr[t])
             assert out.progress.dtype == torch.float32 and out.progress.shape == (3,)
             assert_same(out, ref.predict(fr[t]))
         # a subset of envs, in another order, as torch tensors
-        assert_same(remote.predict(torch.from_numpy(fr[2][[2, 0]]), [2, 0]), ref.predict(fr[2][[2, 0]], [2, 0]))
+        assert_same(
+            remote.predict(torch.from_numpy(fr[2][[2, 0]]), [2, 0]),
+            ref.predict(fr[2][[2, 0]], [2, 0]),
+        )
         assert remote.last_reply.server_ms > 0 and remote.last_reply.batch_rows == 2
 
 
@@ -107,7 +125,9 @@ def test_many_concurrent_clients_get_their_own_results(grm_dir):
     for c in range(n_clients):  # each client's env 0 and 1, alone in process
         ref = local(grm_dir)
         ctx = contexts(data[c], 2)
-        expected[c] = [ref.reset([0, 1], ctx, data[c][0])] + [ref.predict(data[c][t]) for t in range(1, steps + 1)]
+        expected[c] = [ref.reset([0, 1], ctx, data[c][0])] + [
+            ref.predict(data[c][t]) for t in range(1, steps + 1)
+        ]
     got, errors = {}, []
     barrier = threading.Barrier(n_clients)
 
@@ -150,7 +170,9 @@ def test_client_ids_namespace_env_indices_and_close_releases(grm_dir):
         b.reset([0], [TaskContext("reach")], other[0])
         ref = local(grm_dir)
         ref.reset([0], [TaskContext("reach")], fr[0])
-        assert_same(a.predict(fr[1], [0]), ref.predict(fr[1], [0]))  # b's env 0 did not overwrite a's
+        assert_same(
+            a.predict(fr[1], [0]), ref.predict(fr[1], [0])
+        )  # b's env 0 did not overwrite a's
         assert len(server.servicer.envs) == 2
         a.close()
         assert len(server.servicer.envs) == 1
@@ -174,8 +196,15 @@ def test_batcher_keeps_per_env_order_and_isolates_a_failing_request():
                 raise ModelInputError("env 99 is bad")
             calls.append(list(indices))
             n = len(indices)
-            return type("Out", (), {"progress": torch.tensor(indices, dtype=torch.float32),
-                                    "success": torch.zeros(n), "confidence": torch.ones(n)})()
+            return type(
+                "Out",
+                (),
+                {
+                    "progress": torch.tensor(indices, dtype=torch.float32),
+                    "success": torch.zeros(n),
+                    "confidence": torch.ones(n),
+                },
+            )()
 
     batcher = Batcher(Fake(), max_batch=8, max_wait_ms=50)
     f = np.zeros((1, 1, 1, 1, 3), np.uint8)
@@ -215,15 +244,24 @@ def test_a_client_disconnecting_mid_request_does_not_hurt_the_others(grm_dir):
         for t in threads:
             t.start()
         # the goner's requests are in flight when its connection goes away
-        pending = [goner._stub.Predict.future(reward_pb2.PredictRequest(
-            client_id=goner.client_id, env_ids=[0], frames=raw_frames(fr[t])), metadata=AUTH) for t in range(1, 4)]
+        pending = [
+            goner._stub.Predict.future(
+                reward_pb2.PredictRequest(
+                    client_id=goner.client_id, env_ids=[0], frames=raw_frames(fr[t])
+                ),
+                metadata=AUTH,
+            )
+            for t in range(1, 4)
+        ]
         time.sleep(0.03)
         goner._channel.close()
         for t in threads:
             t.join(30)
         assert not errors and len(results) == 15
         assert all(p.done() for p in pending)
-        assert sum(p.code() is grpc.StatusCode.CANCELLED for p in pending) >= 2  # gone while queued or running
+        assert (
+            sum(p.code() is grpc.StatusCode.CANCELLED for p in pending) >= 2
+        )  # gone while queued or running
         with client(server) as fresh:  # the server still answers
             fresh.reset([0], [TaskContext("reach")], fr[0])
             assert fresh.predict(fr[1]).progress.shape == (1,)
@@ -259,7 +297,9 @@ def test_server_restart_client_reconnects_after_re_reset(grm_dir):
                 break
             raise AssertionError("a restarted server cannot know the client's environments")
         ref = local(grm_dir)
-        assert_same(remote.reset([0, 1], contexts(fr, 2), fr[2]), ref.reset([0, 1], contexts(fr, 2), fr[2]))
+        assert_same(
+            remote.reset([0, 1], contexts(fr, 2), fr[2]), ref.reset([0, 1], contexts(fr, 2), fr[2])
+        )
         assert_same(remote.predict(fr[3]), ref.predict(fr[3]))
     finally:
         remote.close()
@@ -305,7 +345,9 @@ def test_backpressure_and_deadlines(grm_dir):
     with serve(slow, request_timeout_s=0.2) as server, client(server, timeout_s=10) as patient:
         patient.reset([0], [TaskContext("reach")], fr[0])
         slow.delay = 0.5
-        with pytest.raises(RewardServerError, match="no result within 200 ms") as e:  # the server's own cap
+        with pytest.raises(
+            RewardServerError, match="no result within 200 ms"
+        ) as e:  # the server's own cap
             patient.predict(fr[1])
         assert e.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
 
@@ -319,7 +361,10 @@ def test_wrong_or_missing_token_is_rejected(grm_dir):
         with pytest.raises(grpc.RpcError) as e:
             s.Info(reward_pb2.InfoRequest(), timeout=5)
         assert e.value.code() is grpc.StatusCode.UNAUTHENTICATED
-        assert s.Info(reward_pb2.InfoRequest(), timeout=5, metadata=AUTH).views == ["front", "wrist"]
+        assert s.Info(reward_pb2.InfoRequest(), timeout=5, metadata=AUTH).views == [
+            "front",
+            "wrist",
+        ]
         channel.close()
 
 
@@ -328,8 +373,13 @@ def test_oversized_payload_is_rejected_and_the_client_splits_big_batches(grm_dir
     with serve(local(grm_dir), max_message_mb=0.1) as server:
         channel, s = stub(server, **{"grpc.max_send_message_length": 8 * 2**20})
         with pytest.raises(grpc.RpcError) as e:
-            s.Predict(reward_pb2.PredictRequest(client_id="x", env_ids=list(range(40)), frames=raw_frames(fr[1])),
-                      timeout=5, metadata=AUTH)
+            s.Predict(
+                reward_pb2.PredictRequest(
+                    client_id="x", env_ids=list(range(40)), frames=raw_frames(fr[1])
+                ),
+                timeout=5,
+                metadata=AUTH,
+            )
         assert e.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         channel.close()
         ref = local(grm_dir)
@@ -338,18 +388,34 @@ def test_oversized_payload_is_rejected_and_the_client_splits_big_batches(grm_dir
             ctx = [TaskContext("reach")] * 40
             assert_same(remote.reset(ids, ctx, fr[0]), ref.reset(ids, ctx, fr[0]))
             assert_same(remote.predict(fr[1]), ref.predict(fr[1]), atol=1e-5)
-            assert remote.last_reply.batch_rows < 40  # sent in several calls under the server's limit
+            assert (
+                remote.last_reply.batch_rows < 40
+            )  # sent in several calls under the server's limit
 
 
-@pytest.mark.parametrize("case, match", [
-    ("dtype", "dtype 'float32'"), ("rank", "expected \\(B, V, H, W, 3\\)"), ("views", "1 views, the model expects 2"),
-    ("size", "16x16 px"), ("bytes", "bytes, shape"), ("ids", "2 env ids for 1 frame sets"),
-    ("dup", "appears twice"), ("client", "client_id"), ("context", "1 contexts for 2 env ids")])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("dtype", "dtype 'float32'"),
+        ("rank", "expected \\(B, V, H, W, 3\\)"),
+        ("views", "1 views, the model expects 2"),
+        ("size", "16x16 px"),
+        ("bytes", "bytes, shape"),
+        ("ids", "2 env ids for 1 frame sets"),
+        ("dup", "appears twice"),
+        ("client", "client_id"),
+        ("context", "1 contexts for 2 env ids"),
+    ],
+)
 def test_invalid_requests_get_a_one_line_invalid_argument(grm_dir, case, match):
     good = frames(1, 2, seed=7)[0]
-    f = {"dtype": raw_frames(good.astype(np.float32), dtype="float32", shape=good.shape),
-         "rank": raw_frames(good[0]), "views": raw_frames(good[:, :1]),
-         "size": raw_frames(good[:, :, :16, :16]), "bytes": raw_frames(good[:1], shape=good.shape)}.get(case, raw_frames(good))
+    f = {
+        "dtype": raw_frames(good.astype(np.float32), dtype="float32", shape=good.shape),
+        "rank": raw_frames(good[0]),
+        "views": raw_frames(good[:, :1]),
+        "size": raw_frames(good[:, :, :16, :16]),
+        "bytes": raw_frames(good[:1], shape=good.shape),
+    }.get(case, raw_frames(good))
     ids = {"ids": [0, 1], "dup": [0, 0]}.get(case, [0, 1])
     if case == "ids":
         f = raw_frames(good[:1])
@@ -358,7 +424,11 @@ def test_invalid_requests_get_a_one_line_invalid_argument(grm_dir, case, match):
     with serve(local(grm_dir)) as srv:
         channel, s = stub(srv)
         with pytest.raises(grpc.RpcError) as e:
-            s.Reset(reward_pb2.ResetRequest(client_id=cid, env_ids=ids, frames=f, contexts=ctx), timeout=5, metadata=AUTH)
+            s.Reset(
+                reward_pb2.ResetRequest(client_id=cid, env_ids=ids, frames=f, contexts=ctx),
+                timeout=5,
+                metadata=AUTH,
+            )
         assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "\n" not in e.value.details()
         assert re.search(match, e.value.details()), e.value.details()
@@ -370,7 +440,10 @@ def test_client_errors_are_one_line(grm_dir):
         RemoteProgressModel("grpc://127.0.0.1:1", token=TOKEN, connect_timeout_s=2)
     with pytest.raises(RoboError, match="grpc://HOST:PORT"):
         parse_url("http://nope")
-    assert parse_url("//localhost:50051") == "localhost:50051" and parse_url("grpc://[::1]:7") == "[::1]:7"
+    assert (
+        parse_url("//localhost:50051") == "localhost:50051"
+        and parse_url("grpc://[::1]:7") == "[::1]:7"
+    )
     with serve(local(grm_dir)) as server, client(server) as remote:
         with pytest.raises(ModelInputError, match="never reset"):
             remote.predict(frames(1, 1)[0])
@@ -404,8 +477,12 @@ def test_reward_wrapper_runs_with_the_remote_model(grm_dir, monkeypatch):
     actions = np.random.default_rng(0).uniform(-1, 1, (12, 4)).astype(np.float32)
 
     def rollout(model):
-        env = ShapedRewardWrapper(sim.make("tabletop/reach-v0", views=("front", "side", "wrist"), image_size=32),
-                                  model, ShapingConfig(mode="pbrs"), TaskContext("reach the target"))
+        env = ShapedRewardWrapper(
+            sim.make("tabletop/reach-v0", views=("front", "side", "wrist"), image_size=32),
+            model,
+            ShapingConfig(mode="pbrs"),
+            TaskContext("reach the target"),
+        )
         env.reset(seed=3)
         out = [env.step(a)[1::3] for a in actions]  # (reward, info)
         env.close()
@@ -419,7 +496,9 @@ def test_reward_wrapper_runs_with_the_remote_model(grm_dir, monkeypatch):
     want = rollout(local(grm_dir))
     for (r, info), (r_ref, info_ref) in zip(got, want, strict=True):
         assert r == pytest.approx(r_ref, abs=1e-5)
-        assert info["reward_terms"]["next_potential"] == pytest.approx(info_ref["reward_terms"]["next_potential"], abs=1e-5)
+        assert info["reward_terms"]["next_potential"] == pytest.approx(
+            info_ref["reward_terms"]["next_potential"], abs=1e-5
+        )
 
 
 def test_server_command_serves_and_stops_on_sigterm(grm_dir, tmp_path):
@@ -430,18 +509,41 @@ def test_server_command_serves_and_stops_on_sigterm(grm_dir, tmp_path):
 
     (tmp_path / "token").write_text(TOKEN + "\n")
     env = {k: v for k, v in os.environ.items() if k != "ROBO_REWARD_TOKEN"}
-    proc = subprocess.Popen([sys.executable, "-m", "robo.serving.server", "--model", f"grm:{grm_dir}", "--port", "0",
-                             "--token-file", str(tmp_path / "token"), "--device", "cpu", "--max-batch", "8"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "robo.serving.server",
+            "--model",
+            f"grm:{grm_dir}",
+            "--port",
+            "0",
+            "--token-file",
+            str(tmp_path / "token"),
+            "--device",
+            "cpu",
+            "--max-batch",
+            "8",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = proc.stdout.readline()
-        m = re.search(r"listening on 127\.0\.0\.1:(\d+) \(model grm:.*, cpu, float32, max_batch 8", line)
+        m = re.search(
+            r"listening on 127\.0\.0\.1:(\d+) \(model grm:.*, cpu, float32, max_batch 8", line
+        )
         assert m, line + proc.stderr.read() if proc.poll() is not None else line
         fr = frames(2, 1, seed=8)
         ref = local(grm_dir)
         with RemoteProgressModel(f"grpc://127.0.0.1:{m[1]}", token=TOKEN) as remote:
             assert remote.model_name == f"grm:{grm_dir}"
-            assert_same(remote.reset([0], [TaskContext("reach")], fr[0]), ref.reset([0], [TaskContext("reach")], fr[0]))
+            assert_same(
+                remote.reset([0], [TaskContext("reach")], fr[0]),
+                ref.reset([0], [TaskContext("reach")], fr[0]),
+            )
             assert_same(remote.predict(fr[1]), ref.predict(fr[1]))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
@@ -455,14 +557,25 @@ def test_control_loop_runs_with_the_remote_model(grm_dir):
     from robo.control import ControlLoop, make_policy
 
     cams = {v: {"camera": v, "width": 32, "height": 32} for v in ("front", "side", "wrist")}
-    robot = make_robot_from_config({"type": "sim", "id": "tabletop", "task": "reach", "action_space": "cartesian",
-                                    "control_hz": 25, "cameras": cams})
+    robot = make_robot_from_config(
+        {
+            "type": "sim",
+            "id": "tabletop",
+            "task": "reach",
+            "action_space": "cartesian",
+            "control_hz": 25,
+            "cameras": cams,
+        }
+    )
     ctx = TaskContext("reach the target")
     with serve(local(grm_dir)) as server, client(server) as remote, robot:
-        result = ControlLoop(robot, make_policy("expert", robot), rate_hz=25, reward=remote, context=ctx).run_episode(
-            max_steps=15)
+        result = ControlLoop(
+            robot, make_policy("expert", robot), rate_hz=25, reward=remote, context=ctx
+        ).run_episode(max_steps=15)
     assert result.steps == 15 and len(result.progress) == 16
     ref = local(grm_dir)
     obs = [np.stack([o[v] for v in ref.views])[None] for o in result.rows["obs"]]
-    want = [float(ref.reset([0], [ctx], obs[0]).progress[0])] + [float(ref.predict(o).progress[0]) for o in obs[1:]]
+    want = [float(ref.reset([0], [ctx], obs[0]).progress[0])] + [
+        float(ref.predict(o).progress[0]) for o in obs[1:]
+    ]
     np.testing.assert_allclose(result.progress, want, atol=1e-5)

@@ -67,13 +67,27 @@ def test_naive_shaping_falls_into_the_semantic_trap():
     R[:, :, 2] = 1.0
     phi = np.array([0.0, 0.9, 1.0])  # a learned progress: state 1 looks almost done
     assert value_iteration(P, R, terminal, gamma)[0][1] == 1
-    assert value_iteration(P, shaped_table("pbrs", R, phi, terminal, gamma), terminal, gamma)[0][1] == 1
+    assert (
+        value_iteration(P, shaped_table("pbrs", R, phi, terminal, gamma), terminal, gamma)[0][1]
+        == 1
+    )
     naive = shaped_table("naive", R, phi, terminal, gamma)
-    assert value_iteration(P, naive, terminal, gamma)[0][1] == 0, "naive shaping should prefer hovering"
+    assert value_iteration(P, naive, terminal, gamma)[0][1] == 0, (
+        "naive shaping should prefer hovering"
+    )
 
 
-TINY = dict(views=("front", "wrist"), image_size=(32, 32), channels=(8, 16), encoder_resolution=16,
-            d_model=32, layers=1, heads=2, num_bins=11, text_buckets=64)
+TINY = dict(
+    views=("front", "wrist"),
+    image_size=(32, 32),
+    channels=(8, 16),
+    encoder_resolution=16,
+    d_model=32,
+    layers=1,
+    heads=2,
+    num_bins=11,
+    text_buckets=64,
+)
 
 
 def tiny_model():
@@ -83,8 +97,13 @@ def tiny_model():
 def env_fn(**kw):
     import sim
 
-    return lambda: sim.make("tabletop/reach-v0", views=("front", "side", "wrist"), image_size=32,
-                            max_episode_steps=6, **kw)
+    return lambda: sim.make(
+        "tabletop/reach-v0",
+        views=("front", "side", "wrist"),
+        image_size=32,
+        max_episode_steps=6,
+        **kw,
+    )
 
 
 def test_vec_wrapper_rewards_match_the_formula_across_episode_ends():
@@ -100,7 +119,11 @@ def test_vec_wrapper_rewards_match_the_formula_across_episode_ends():
             terms = info["reward_terms"]
             truncated = info.get("TimeLimit.truncated", False)
             terminal = dones[k] and not truncated
-            expected = terms["success_bonus"] + 0.9 * (0.0 if terminal else terms["next_potential"]) - terms["potential"]
+            expected = (
+                terms["success_bonus"]
+                + 0.9 * (0.0 if terminal else terms["next_potential"])
+                - terms["potential"]
+            )
             assert reward[k] == pytest.approx(expected, abs=1e-5)
             assert "original_env_rew" in info and "frames" not in info
             if prev_next is not None and not prev_done[k]:
@@ -120,16 +143,27 @@ def test_modes_and_single_env_wrapper():
         env.reset(seed=1)
         _, r, _, _, info = env.step(np.array([1.0, 0, 0, 0], np.float32))
         t = info["reward_terms"]
-        expected = {"sparse": t["success_bonus"], "naive": t["success_bonus"] + t["next_potential"],
-                    "oracle": info["original_env_rew"],
-                    "pbrs": t["success_bonus"] + 0.99 * t["next_potential"] - t["potential"]}[mode]
+        expected = {
+            "sparse": t["success_bonus"],
+            "naive": t["success_bonus"] + t["next_potential"],
+            "oracle": info["original_env_rew"],
+            "pbrs": t["success_bonus"] + 0.99 * t["next_potential"] - t["potential"],
+        }[mode]
         assert r == pytest.approx(expected, abs=1e-5)
     with pytest.raises(RoboError, match="views"):
-        ShapedRewardWrapper(sim.make("tabletop/reach-v0", views=("front",), image_size=32), tiny_model(),
-                            ShapingConfig(), TaskContext())
+        ShapedRewardWrapper(
+            sim.make("tabletop/reach-v0", views=("front",), image_size=32),
+            tiny_model(),
+            ShapingConfig(),
+            TaskContext(),
+        )
     with pytest.raises(RoboError, match="px"):
-        ShapedRewardWrapper(sim.make("tabletop/reach-v0", views=("front", "wrist"), image_size=48), tiny_model(),
-                            ShapingConfig(), TaskContext())
+        ShapedRewardWrapper(
+            sim.make("tabletop/reach-v0", views=("front", "wrist"), image_size=48),
+            tiny_model(),
+            ShapingConfig(),
+            TaskContext(),
+        )
     for gamma in (0.0, 1.5, -0.1):
         with pytest.raises(RoboError, match="gamma"):
             ShapingConfig(gamma=gamma)

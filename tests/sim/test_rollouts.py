@@ -10,7 +10,9 @@ from sim.rollouts import make_policy, outcome_of, run_rollout
 
 def rollout(env_id, spec, seed=0, render=False):
     env = sim.make(env_id, terminate_on_success=False, image_size=24)
-    return run_rollout(env, make_policy(spec, env, np.random.default_rng(seed)), seed, render=render)
+    return run_rollout(
+        env, make_policy(spec, env, np.random.default_rng(seed)), seed, render=render
+    )
 
 
 def test_outcome_definition():
@@ -39,7 +41,10 @@ def test_undo_reverses_progress():
 
 @pytest.mark.parametrize("env_id", ["tabletop/pick-place-v0", "tabletop/stack-v0"])
 def test_non_expert_outcomes(env_id):
-    outs = {spec: [rollout(env_id, spec, s).outcome for s in range(4)] for spec in ("half", "near-miss", "random-freeze")}
+    outs = {
+        spec: [rollout(env_id, spec, s).outcome for s in range(4)]
+        for spec in ("half", "near-miss", "random-freeze")
+    }
     assert all(o == "partial" for o in outs["half"])
     assert all(o == "failure" for o in outs["random-freeze"])
     assert sum(o != "success" for o in outs["near-miss"]) >= 3

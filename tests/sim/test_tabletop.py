@@ -43,7 +43,12 @@ def test_env_checker_and_contract(env_id):
 
 
 def test_render_modes_and_views():
-    env = sim.make("tabletop/pick-place-v0", views=("front", "wrist", "top"), image_size=(24, 40), render_mode="rgb_array")
+    env = sim.make(
+        "tabletop/pick-place-v0",
+        views=("front", "wrist", "top"),
+        image_size=(24, 40),
+        render_mode="rgb_array",
+    )
     env.reset(seed=0)
     assert env.render().shape == (24, 120, 3)
     assert env.unwrapped.render_views().shape == (3, 24, 40, 3)
@@ -61,7 +66,9 @@ def test_seeded_determinism(env_id):
     ia, ib = run_expert(a, seed=7, max_steps=25), run_expert(b, seed=7, max_steps=25)
     assert len(ia) == len(ib)
     np.testing.assert_array_equal(a.unwrapped.render_views(), b.unwrapped.render_views())
-    np.testing.assert_allclose([i["privileged_progress"] for i in ia], [i["privileged_progress"] for i in ib])
+    np.testing.assert_allclose(
+        [i["privileged_progress"] for i in ia], [i["privileged_progress"] for i in ib]
+    )
     oa, _ = a.reset(seed=1)
     ob, _ = a.reset(seed=2)
     assert not np.allclose(oa, ob), "different seeds should place objects differently"
@@ -115,7 +122,9 @@ def test_expert_reports_stage_boundaries():
 def test_randomization_of_colors_and_lighting():
     from sim.base import Randomization
 
-    env = sim.make("tabletop/stack-v0", image_size=32, randomization=Randomization(colors=True, lighting=True))
+    env = sim.make(
+        "tabletop/stack-v0", image_size=32, randomization=Randomization(colors=True, lighting=True)
+    )
     env.reset(seed=0)
     f0 = env.unwrapped.render_views().astype(int)
     env.reset(seed=1)
