@@ -28,23 +28,10 @@ from common import report  # noqa: E402
 
 from robo.cli import main as robo  # noqa: E402
 from robo.store import EpisodeStore  # noqa: E402
+from sim.metaworld_env import MT10_TASKS  # noqa: E402
 
 TABLETOP = ["tabletop/reach-v0", "tabletop/push-v0", "tabletop/pick-place-v0", "tabletop/stack-v0"]
-MT10 = [
-    f"metaworld/{t}"
-    for t in (
-        "reach-v3",
-        "push-v3",
-        "pick-place-v3",
-        "door-open-v3",
-        "drawer-open-v3",
-        "drawer-close-v3",
-        "button-press-topdown-v3",
-        "peg-insert-side-v3",
-        "window-open-v3",
-        "window-close-v3",
-    )
-]
+MT10 = [f"metaworld/{t}" for t in MT10_TASKS]
 HELD_OUT = ["metaworld/door-close-v3", "metaworld/button-press-v3", "metaworld/drawer-open-v3"]
 EVAL_POLICIES = ("noisy:0.3", "near-miss", "undo", "half", "random-freeze")
 TRAIN_POLICIES = ("noisy:0.3", "near-miss", "half", "random-freeze")

@@ -138,3 +138,20 @@ def load_yaml_fields(path, what: str) -> dict:
     if not isinstance(data, dict):
         raise ModelInputError(f"{path} must hold a mapping of {what} config fields")
     return data.get("model", data)
+
+
+def resolve_env_indices(env_indices, batch: int, known) -> list[int]:
+    """``env_indices`` (default ``range(batch)``) as ints, checked against the reset envs ``known``.
+
+    Raises:
+        ModelInputError: count mismatch or envs never reset.
+    """
+    indices = list(range(batch)) if env_indices is None else [int(i) for i in env_indices]
+    if len(indices) != batch:
+        raise ModelInputError(f"{batch} frame sets but {len(indices)} env indices")
+    missing = [i for i in indices if i not in known]
+    if missing:
+        raise ModelInputError(
+            f"env indices {missing} were never reset: call reset() with their task context"
+        )
+    return indices

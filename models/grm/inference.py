@@ -23,7 +23,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from models.base import ModelInputError, ProgressOutput, TaskContext, check_frames
+from models.base import (
+    ModelInputError,
+    ProgressOutput,
+    TaskContext,
+    check_frames,
+    resolve_env_indices,
+)
 from models.grm.model import GRM
 
 EPS = 1e-3
@@ -140,18 +146,7 @@ class GRMProgressModel:
     ) -> ProgressOutput:
         """Progress of the current frames; advances each environment's state."""
         frames, mask = self._frames(frames, views, "frames")
-        env_indices = (
-            list(range(frames.shape[0])) if env_indices is None else [int(i) for i in env_indices]
-        )
-        if len(env_indices) != frames.shape[0]:
-            raise ModelInputError(
-                f"{frames.shape[0]} frame sets but {len(env_indices)} env indices"
-            )
-        missing = [i for i in env_indices if i not in self._state]
-        if missing:
-            raise ModelInputError(
-                f"env indices {missing} were never reset: call reset() with their task context"
-            )
+        env_indices = resolve_env_indices(env_indices, frames.shape[0], self._state)
         return self._step(self.model.encode(frames), mask, env_indices, first=False)
 
     # ------------------------------------------------------------------ fusion

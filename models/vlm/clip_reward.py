@@ -41,7 +41,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from models.base import ModelInputError, ProgressOutput, TaskContext, check_frames
+from models.base import (
+    ModelInputError,
+    ProgressOutput,
+    TaskContext,
+    check_frames,
+    resolve_env_indices,
+)
 from models.vlm.config import Fusion, TargetMode, VLMConfig
 from models.vlm.weights import RANDOM, create_clip, state_dict_cpu
 
@@ -348,18 +354,7 @@ class VLMReward:
     ) -> ProgressOutput:
         """Progress of the current frames ``(B, V, H, W, 3)`` (or only ``views``), one forward pass."""
         frames, view_idx = self._frames(frames, views, "frames")
-        env_indices = (
-            list(range(frames.shape[0])) if env_indices is None else [int(i) for i in env_indices]
-        )
-        if len(env_indices) != frames.shape[0]:
-            raise ModelInputError(
-                f"{frames.shape[0]} frame sets but {len(env_indices)} env indices"
-            )
-        missing = [i for i in env_indices if i not in self._state]
-        if missing:
-            raise ModelInputError(
-                f"env indices {missing} were never reset: call reset() with their task context"
-            )
+        env_indices = resolve_env_indices(env_indices, frames.shape[0], self._state)
         return self._output(self.image_embeddings(frames), env_indices, view_idx)
 
     @torch.inference_mode()

@@ -30,23 +30,12 @@ from robo.reward.data import PairSampler, SamplerConfig
 
 log = logging.getLogger(__name__)
 
-MT10 = (
-    "reach-v3",
-    "push-v3",
-    "pick-place-v3",
-    "door-open-v3",
-    "drawer-open-v3",
-    "drawer-close-v3",
-    "button-press-topdown-v3",
-    "peg-insert-side-v3",
-    "window-open-v3",
-    "window-close-v3",
-)
-
 
 def is_training_task(env_id: str) -> bool:
     """The general model's training set: our own tabletop tasks plus Meta-World MT10."""
-    return env_id.startswith("tabletop/") or env_id in {f"metaworld/{t}" for t in MT10}
+    from sim.metaworld_env import MT10_TASKS
+
+    return env_id.startswith("tabletop/") or env_id in {f"metaworld/{t}" for t in MT10_TASKS}
 
 
 @dataclass
