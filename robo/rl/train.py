@@ -3,10 +3,13 @@
     robo rl train --env tabletop/pick-place-v0 --reward grm:runs/grm/model --shaping.mode pbrs \
                   --algo sac --demos data/pick-place --steps 20000
 
-Warm start (``--demos``): the actor is behaviour-cloned on the expert demonstrations;
-for SAC the demonstrations (rewarded by the same shaping) also pre-fill the replay
-buffer and the critic is pre-trained on them with the actor frozen, so that the cloned
-policy is not torn down by a random critic when RL begins.
+Warm start (``--demos``): the actor is behaviour-cloned on the expert demonstrations
+(mean and a small exploration noise, ``--bc_std``). For SAC (``robo.rl.demosac.DemoSAC``)
+the demonstrations, rewarded by the same shaping, are then mixed into every minibatch
+(``--demo_ratio``), the actor keeps a behaviour-cloning term on them (``--bc_weight``), the
+entropy coefficient starts small (``--init_ent_coef``) and the critic is pre-trained on
+them with the actor frozen (``--critic_warmup``), so that the cloned policy is not torn
+down by a random critic when RL begins.
 
 Writes ``<out>/`` : TensorBoard logs, checkpoints, ``eval.json`` (success rate every
 ``eval_every`` steps, 20 deterministic episodes) and the final policy.
@@ -52,6 +55,16 @@ class RLConfig:
     bc_epochs: int = 1000
     # SAC: critic pre-training steps on the demonstrations with the actor frozen.
     critic_warmup: int = 500
+    # exploration noise (pre-squashing std) the cloned policy starts with.
+    bc_std: float = 0.2
+    # SAC: share of every minibatch drawn from the demonstrations (0: replay only).
+    demo_ratio: float = 0.5
+    # SAC: weight of the behaviour-cloning term on the demonstration share (0: none).
+    bc_weight: float = 10.0
+    # SAC: initial entropy coefficient when warm-started (tuned automatically from there).
+    init_ent_coef: float = 0.01
+    # SAC: gradient steps per environment step (update-to-data ratio).
+    utd: int = 1
     # evaluate every this many env steps (20 deterministic episodes).
     eval_every: int = 2000
     eval_episodes: int = 20
@@ -73,6 +86,10 @@ class RLConfig:
             raise RoboError("--env is required (see `robo envs`)")
         if self.steps < 1 or self.n_envs < 1:
             raise RoboError("--steps and --n_envs must be positive")
+        if not 0.0 <= self.demo_ratio < 1.0:
+            raise RoboError(f"--demo_ratio {self.demo_ratio} must lie in [0, 1)")
+        if self.bc_std <= 0 or self.init_ent_coef <= 0 or self.utd < 1:
+            raise RoboError("--bc_std and --init_ent_coef must be positive and --utd at least 1")
 
     def validate(self) -> None:
         """Checks that depend on the combination of reward and shaping (run before training)."""
@@ -158,7 +175,9 @@ def make_env_fn(cfg: RLConfig, model, seed: int):
 
 def build(cfg: RLConfig):
     """Reward model, shaped vec env and SB3 algorithm."""
-    from stable_baselines3 import PPO, SAC
+    from stable_baselines3 import PPO
+
+    from robo.rl.demosac import DemoSAC
 
     model = load_reward(cfg.reward)
     ctx = demo_context(cfg, model)
@@ -173,7 +192,17 @@ def build(cfg: RLConfig):
         seed=cfg.seed, verbose=0, tensorboard_log=str(cfg.out_dir / "tb"), gamma=cfg.shaping.gamma
     )
     if cfg.algo is Algo.sac:
-        algo = SAC("MlpPolicy", venv, learning_starts=0 if cfg.demos else 1000, **common)
+        warm = bool(cfg.demos and cfg.bc_epochs)
+        algo = DemoSAC(
+            "MlpPolicy",
+            venv,
+            learning_starts=0 if warm else 1000,
+            demo_ratio=cfg.demo_ratio if warm else 0.0,
+            bc_weight=cfg.bc_weight if warm else 0.0,
+            ent_coef=f"auto_{cfg.init_ent_coef}" if warm else "auto",
+            gradient_steps=cfg.utd,
+            **common,
+        )
     else:
         algo = PPO("MlpPolicy", venv, n_steps=max(64, 1024 // cfg.n_envs), batch_size=64, **common)
     return model, ctx, venv, algo

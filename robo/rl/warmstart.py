@@ -26,19 +26,41 @@ def load_demos(url: str, model) -> list:
 
 
 def behaviour_clone(
-    policy, obs: np.ndarray, actions: np.ndarray, epochs: int, lr: float = 1e-3, batch: int = 256
+    policy,
+    obs: np.ndarray,
+    actions: np.ndarray,
+    epochs: int,
+    lr: float = 1e-3,
+    batch: int = 256,
+    std: float = 0.2,
 ) -> float:
-    """Fit the policy's deterministic action to the demonstrations (MSE); returns the final loss."""
+    """Fit the policy's deterministic action to the demonstrations (MSE); returns the final loss.
+
+    The exploration noise is set to ``std`` (pre-squashing) as well: SAC's state-dependent
+    log-std is regressed to ``log(std)`` alongside the mean, a PPO policy's log-std parameter
+    is set to it. Left at its initial value (std 1) the noise would drown the cloned
+    behaviour in the first RL episodes.
+    """
     device = policy.device
     o = torch.as_tensor(obs, dtype=torch.float32, device=device)
     a = torch.as_tensor(np.clip(actions, -0.999, 0.999), dtype=torch.float32, device=device)
+    actor = getattr(policy, "actor", None)
+    fit_std = actor is not None and hasattr(actor, "get_action_dist_params")
+    if not fit_std and isinstance(getattr(policy, "log_std", None), torch.nn.Parameter):
+        with torch.no_grad():
+            policy.log_std.fill_(float(np.log(std)))
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
     loss = torch.zeros(())
     for _ in range(epochs):
         for idx in torch.randperm(len(o)).split(batch):
-            loss = ((policy._predict(o[idx], deterministic=True) - a[idx]) ** 2).mean()
+            if fit_std:
+                mean, log_std, _ = actor.get_action_dist_params(o[idx])
+                loss = ((torch.tanh(mean) - a[idx]) ** 2).mean()
+                total = loss + 0.1 * ((log_std - float(np.log(std))) ** 2).mean()
+            else:
+                loss = total = ((policy._predict(o[idx], deterministic=True) - a[idx]) ** 2).mean()
             opt.zero_grad()
-            loss.backward()
+            total.backward()
             opt.step()
     return float(loss.detach())
 
@@ -81,45 +103,24 @@ def _score_with_context(model, frames: np.ndarray, ctx) -> np.ndarray:
     return np.array(out)
 
 
-def prefill_replay(algo, tr: dict) -> int:
-    """Add demo transitions to an off-policy algorithm's replay buffer, n_envs at a time."""
-    n = algo.n_envs
-    count = (len(tr["obs"]) // n) * n
-    for s in range(0, count, n):
-        sl = slice(s, s + n)
-        algo.replay_buffer.add(
-            tr["obs"][sl],
-            tr["next"][sl],
-            tr["act"][sl],
-            tr["rew"][sl].astype(np.float32),
-            tr["done"][sl],
-            [{} for _ in range(n)],
-        )
-    return count
-
-
 def pretrain_critic(algo, steps: int) -> None:
-    """SAC gradient steps on the buffer with the actor frozen (learning rate 0)."""
+    """Critic-only SAC updates on the demonstrations (the actor and entropy stay frozen)."""
     from stable_baselines3.common.logger import configure
 
     algo.set_logger(configure(None, []))
-    saved = [g["lr"] for g in algo.actor.optimizer.param_groups]
-    for g in algo.actor.optimizer.param_groups:
-        g["lr"] = 0.0
-    algo.train(gradient_steps=steps, batch_size=algo.batch_size)
-    for g, lr in zip(algo.actor.optimizer.param_groups, saved, strict=True):
-        g["lr"] = lr
+    algo.train(gradient_steps=steps, batch_size=algo.batch_size, critic_only=True)
     algo._custom_logger = False  # let learn() set up TensorBoard as usual
 
 
 def warm_start(cfg, algo, model, ctx) -> dict:
-    """BC the actor; for SAC also prefill the replay buffer and pre-train the critic."""
+    """BC the actor; for SAC also hand the demonstrations to the algorithm and pre-train the critic."""
     demos, views = load_demos(cfg.demos, model)
     tr = demo_transitions(demos, views, model, ctx, cfg)
-    loss = behaviour_clone(algo.policy, tr["obs"], tr["act"], cfg.bc_epochs)
+    loss = behaviour_clone(algo.policy, tr["obs"], tr["act"], cfg.bc_epochs, std=cfg.bc_std)
     info = {"demos": len(demos), "transitions": len(tr["obs"]), "bc_loss": round(loss, 5)}
-    if hasattr(algo, "replay_buffer") and algo.replay_buffer is not None:
-        info["replay_prefill"] = prefill_replay(algo, tr)
+    if hasattr(algo, "set_demos"):  # DemoSAC: demos mixed into every batch, critic pre-trained
+        algo.set_demos(tr)
+        info["demo_transitions_in_batches"] = len(tr["obs"])
         if cfg.critic_warmup:
             pretrain_critic(algo, cfg.critic_warmup)
             info["critic_warmup_steps"] = cfg.critic_warmup

@@ -84,7 +84,8 @@ def test_sac_pbrs_with_warm_start(demos_and_model, tmp_path):
         == 0
     )
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["warm_start"]["transitions"] > 0 and summary["warm_start"]["replay_prefill"] > 0
+    assert summary["warm_start"]["transitions"] > 0
+    assert summary["warm_start"]["demo_transitions_in_batches"] > 0
     steps = [e["step"] for e in summary["evaluations"]]
     assert steps[0] == 0 and steps[-1] == 120
     assert all(0 <= e["success_rate"] <= 1 for e in summary["evaluations"])

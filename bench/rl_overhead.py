@@ -1,0 +1,143 @@
+"""What a learned reward adds to the wall time of an RL step.
+
+Times stable-baselines3 SAC training steps (env step + gradient updates, no evaluation)
+with the sparse reward (no rendering, no model) and with pbrs from a GRM (the model's
+views rendered every step, one fused 3-perspective query per step), at each update-to-data
+ratio asked for, on the same env, seed and thread count. Also times the two parts of the
+reward on their own: rendering the model's views and the model's query. Median, min and
+max of ``--runs`` timed runs after a warm-up.
+
+    python bench/rl_overhead.py --model runs/demo/grm/model [--env tabletop/pick-place-v0] \
+        [--utd 1,3] [--steps 500] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import repeat, report, timed  # noqa: E402
+
+import robo  # noqa: E402,F401  (imports torch._dynamo before Mesa EGL)
+from robo.rl.train import RLConfig, build  # noqa: E402
+from robo.shaping import ShapingConfig  # noqa: E402
+
+
+def step_ms(cfg: RLConfig, steps: int, runs: int) -> dict:
+    """Median ms per SAC training step (env step + ``utd`` gradient updates)."""
+    _, _, venv, algo = build(cfg)
+    algo.learning_starts = 0
+    algo.learn(100, progress_bar=False)  # warm-up: buffers, first episodes, JIT-free paths
+
+    def rate():
+        t = timed(lambda: algo.learn(steps, reset_num_timesteps=False, progress_bar=False))
+        return 1000.0 * t / steps
+
+    out = repeat(rate, runs=runs, warmup=0)
+    venv.close()
+    return out
+
+
+def reward_parts_ms(cfg: RLConfig, runs: int, n: int = 100) -> dict:
+    """ms per step of rendering the model's views and of the model's query, on their own."""
+    model, ctx, venv, _ = build(cfg)
+    env = venv.venv.envs[0]
+    u = env.unwrapped
+    idx = [list(u.views).index(v) for v in model.views]
+    env.reset(seed=0)
+    frames = u.render_views()[idx][None]
+    model.reset([0], [ctx], frames)
+    rng = np.random.default_rng(0)
+
+    def render():
+        def run():
+            for _ in range(n):
+                env.step(rng.uniform(-1, 1, 4).astype(np.float32))
+                u.render_views()
+
+        t_all = timed(run)
+
+        def phys():
+            for _ in range(n):
+                env.step(rng.uniform(-1, 1, 4).astype(np.float32))
+
+        return 1000.0 * (t_all - timed(phys)) / n
+
+    def query():
+        return 1000.0 * timed(lambda: [model.predict(frames, [0]) for _ in range(n)]) / n
+
+    res = {"render": repeat(render, runs=runs), "model": repeat(query, runs=runs)}
+    venv.close()
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--env", default="tabletop/pick-place-v0")
+    ap.add_argument("--model", default="runs/demo/grm/model", help="GRM folder")
+    ap.add_argument("--utd", default="1,3", help="gradient steps per env step, comma-separated")
+    ap.add_argument("--steps", type=int, default=500, help="SAC steps per timed run")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if not Path(args.model).is_dir():
+        sys.exit(f"error: no GRM folder at {args.model}: train one (make demo) or pass --model")
+
+    def cfg(mode: str, utd: int) -> RLConfig:
+        reward = "none" if mode == "sparse" else f"grm:{args.model}"
+        return RLConfig(
+            env=args.env,
+            reward=reward,
+            shaping=ShapingConfig(mode=mode),
+            steps=args.steps,
+            utd=utd,
+            threads=args.threads,
+            out="/tmp/rl_overhead",
+        )
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rows = []
+    for utd in [int(x) for x in args.utd.split(",")]:
+        sparse = step_ms(cfg("sparse", utd), args.steps, args.runs)
+        pbrs = step_ms(cfg("pbrs", utd), args.steps, args.runs)
+        rows.append(
+            {
+                "utd": utd,
+                "sparse_ms": sparse["median"],
+                "sparse_range": f"{sparse['min']:.1f}-{sparse['max']:.1f}",
+                "pbrs_grm_ms": pbrs["median"],
+                "pbrs_range": f"{pbrs['min']:.1f}-{pbrs['max']:.1f}",
+                "overhead_pct": 100.0 * (pbrs["median"] / sparse["median"] - 1.0),
+            }
+        )
+    parts = reward_parts_ms(cfg("pbrs", 1), args.runs)
+    for r in rows:
+        r["render_ms"] = parts["render"]["median"]
+        r["model_ms"] = parts["model"]["median"]
+    report(
+        "rl_overhead",
+        rows,
+        [
+            "utd",
+            "sparse_ms",
+            "sparse_range",
+            "pbrs_grm_ms",
+            "pbrs_range",
+            "overhead_pct",
+            "render_ms",
+            "model_ms",
+        ],
+        args.out,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""SAC fine-tuning from demonstrations without tearing down the behaviour-cloned policy.
+
+``DemoSAC`` is stable-baselines3's SAC with three additions, all off when no
+demonstrations are given:
+
+* **Demonstrations kept apart** from the replay buffer and mixed into every minibatch at a
+  fixed share (``demo_ratio``, symmetric sampling as in RLPD), so that they are never
+  evicted and keep anchoring the critic however long training runs.
+* **A behaviour-cloning term** in the actor loss on the demonstration share of the batch:
+  ``bc_weight * |mu(s_demo) - a_demo|^2``, with the SAC term divided by the batch's mean
+  ``|Q|`` (``q_normalize``, as in TD3+BC) so that the weight does not depend on the
+  reward's scale; the actor
+  improves on the demonstrations' behaviour instead of drifting off it while the critic is
+  still poor.
+* **Critic-only updates** (``train(..., critic_only=True)``) for pre-training the critic on
+  the demonstrations with the actor frozen before RL starts.
+
+Everything else (entropy tuning, target networks, logging) is SAC's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch as th
+import torch.nn.functional as F
+from stable_baselines3 import SAC
+from stable_baselines3.common.utils import polyak_update
+
+
+class DemoSAC(SAC):
+    """SAC with demonstrations mixed into every batch and a BC term on the actor."""
+
+    def __init__(
+        self,
+        *args,
+        demo_ratio: float = 0.25,
+        bc_weight: float = 1.0,
+        q_normalize: bool = False,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.q_normalize = bool(q_normalize)
+        if not 0.0 <= demo_ratio < 1.0:
+            raise ValueError(f"demo_ratio={demo_ratio} must lie in [0, 1)")
+        self.demo_ratio, self.bc_weight = float(demo_ratio), float(bc_weight)
+        self.demos: dict[str, th.Tensor] | None = None
+
+    def set_demos(self, tr: dict[str, np.ndarray]) -> None:
+        """Demonstration transitions: ``obs, act, rew, next, done`` arrays (see warmstart)."""
+
+        def t(x):
+            return th.as_tensor(np.asarray(x, np.float32), device=self.device)
+
+        act = np.clip(tr["act"], -1.0, 1.0)
+        self.demos = {
+            "obs": t(tr["obs"]),
+            "act": t(act),
+            "rew": t(tr["rew"]).reshape(-1, 1),
+            "next": t(tr["next"]),
+            "done": t(tr["done"]).reshape(-1, 1),
+        }
+
+    def _batch(self, batch_size: int, critic_only: bool):
+        """(obs, act, rew, next, done, discount, n_demo): demos first, then replay."""
+        n_demo = 0
+        if self.demos is not None:
+            n_demo = batch_size if critic_only else int(round(batch_size * self.demo_ratio))
+        parts = []
+        if n_demo:
+            idx = th.randint(len(self.demos["obs"]), (n_demo,), device=self.device)
+            d = self.demos
+            disc = th.full((n_demo, 1), self.gamma, device=self.device)
+            parts.append(
+                (d["obs"][idx], d["act"][idx], d["rew"][idx], d["next"][idx], d["done"][idx], disc)
+            )
+        n_replay = batch_size - n_demo
+        if n_replay:
+            r = self.replay_buffer.sample(n_replay, env=self._vec_normalize_env)
+            disc = (
+                r.discounts
+                if r.discounts is not None
+                else th.full((n_replay, 1), self.gamma, device=self.device)
+            )
+            parts.append((r.observations, r.actions, r.rewards, r.next_observations, r.dones, disc))
+        cols = [th.cat([p[i] for p in parts]) for i in range(6)]
+        return (*cols, n_demo)
+
+    def train(self, gradient_steps: int, batch_size: int = 64, critic_only: bool = False) -> None:
+        self.policy.set_training_mode(True)
+        optimizers = [self.actor.optimizer, self.critic.optimizer]
+        if self.ent_coef_optimizer is not None:
+            optimizers += [self.ent_coef_optimizer]
+        self._update_learning_rate(optimizers)
+        actor_losses, critic_losses, bc_losses, ent_coefs = [], [], [], []
+        for step in range(gradient_steps):
+            obs, act, rew, nxt, done, disc, n_demo = self._batch(batch_size, critic_only)
+            actions_pi, log_prob = self.actor.action_log_prob(obs)
+            log_prob = log_prob.reshape(-1, 1)
+            if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
+                ent_coef = th.exp(self.log_ent_coef.detach())
+                if not critic_only:
+                    ent_loss = -(
+                        self.log_ent_coef * (log_prob + self.target_entropy).detach()
+                    ).mean()
+                    self.ent_coef_optimizer.zero_grad()
+                    ent_loss.backward()
+                    self.ent_coef_optimizer.step()
+            else:
+                ent_coef = self.ent_coef_tensor
+            ent_coefs.append(ent_coef.item())
+
+            with th.no_grad():
+                next_actions, next_log_prob = self.actor.action_log_prob(nxt)
+                next_q = th.cat(self.critic_target(nxt, next_actions), dim=1).min(
+                    dim=1, keepdim=True
+                )[0]
+                next_q = next_q - ent_coef * next_log_prob.reshape(-1, 1)
+                target_q = rew + (1 - done) * disc * next_q
+            current_q = self.critic(obs, act)
+            critic_loss = 0.5 * sum(F.mse_loss(q, target_q) for q in current_q)
+            critic_losses.append(critic_loss.item())
+            self.critic.optimizer.zero_grad()
+            critic_loss.backward()
+            self.critic.optimizer.step()
+
+            if not critic_only:
+                q_pi = th.cat(self.critic(obs, actions_pi), dim=1).min(dim=1, keepdim=True)[0]
+                actor_loss = (ent_coef * log_prob - q_pi).mean()
+                if self.q_normalize and n_demo and self.bc_weight > 0:
+                    # TD3+BC: the Q term in units of |Q|, so bc_weight means the same
+                    # whatever the reward's scale
+                    actor_loss = actor_loss / (q_pi.abs().mean().detach() + 1e-6)
+                if n_demo and self.bc_weight > 0:
+                    mu = self.actor(obs[:n_demo], deterministic=True)
+                    bc = ((mu - act[:n_demo]) ** 2).mean()
+                    actor_loss = actor_loss + self.bc_weight * bc
+                    bc_losses.append(bc.item())
+                actor_losses.append(actor_loss.item())
+                self.actor.optimizer.zero_grad()
+                actor_loss.backward()
+                self.actor.optimizer.step()
+
+            if step % self.target_update_interval == 0:
+                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+                polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
+
+        self._n_updates += gradient_steps
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/ent_coef", float(np.mean(ent_coefs)))
+        self.logger.record("train/critic_loss", float(np.mean(critic_losses)))
+        if actor_losses:
+            self.logger.record("train/actor_loss", float(np.mean(actor_losses)))
+        if bc_losses:
+            self.logger.record("train/bc_loss", float(np.mean(bc_losses)))

@@ -1,0 +1,95 @@
+"""DemoSAC and the warm start: cloning fits the demonstrations, critic pre-training leaves
+the actor untouched, RL updates keep the actor near the demonstrations."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from robo.rl.demosac import DemoSAC
+from robo.rl.warmstart import behaviour_clone, pretrain_critic
+
+
+class Line(gym.Env):
+    """1-D: move a point to the origin; the expert action is -x (clipped)."""
+
+    observation_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = self.np_random.uniform(-1, 1, 1).astype(np.float32)
+        self.t = 0
+        return self.x.copy(), {}
+
+    def step(self, action):
+        self.x = np.clip(self.x + 0.5 * np.asarray(action, np.float32), -2, 2)
+        self.t += 1
+        done = bool(abs(self.x[0]) < 0.05)
+        return self.x.copy(), float(done), done, self.t >= 20, {"success": done}
+
+
+def demos(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    obs = rng.uniform(-1, 1, (n, 1)).astype(np.float32)
+    act = np.clip(-2 * obs, -1, 1)
+    nxt = np.clip(obs + 0.5 * act, -2, 2)
+    done = np.abs(nxt[:, 0]) < 0.05
+    return {"obs": obs, "act": act, "rew": done.astype(np.float32), "next": nxt, "done": done}
+
+
+def actor_params(algo):
+    return [p.detach().clone() for p in algo.actor.parameters()]
+
+
+@pytest.fixture()
+def algo():
+    torch.manual_seed(0)
+    a = DemoSAC(
+        "MlpPolicy", Line(), learning_starts=0, seed=0, ent_coef="auto_0.01", bc_weight=10.0
+    )
+    tr = demos()
+    behaviour_clone(a.policy, tr["obs"], tr["act"], epochs=150, std=0.2)
+    a.set_demos(tr)
+    return a, tr
+
+
+def test_behaviour_clone_fits_mean_and_noise(algo):
+    a, tr = algo
+    mean, log_std, _ = a.actor.get_action_dist_params(torch.as_tensor(tr["obs"]))
+    err = (torch.tanh(mean).detach().numpy() - np.clip(tr["act"], -0.999, 0.999)).__abs__().mean()
+    assert err < 0.1
+    assert np.allclose(log_std.exp().detach().numpy(), 0.2, atol=0.1)
+
+
+def test_critic_pretraining_leaves_actor_and_entropy_untouched(algo):
+    a, _ = algo
+    before, ent = actor_params(a), a.log_ent_coef.item()
+    critic_before = [p.detach().clone() for p in a.critic.parameters()]
+    pretrain_critic(a, 20)
+    assert all(torch.equal(x, y) for x, y in zip(before, actor_params(a), strict=True))
+    assert a.log_ent_coef.item() == ent
+    assert any(
+        not torch.equal(x, y) for x, y in zip(critic_before, a.critic.parameters(), strict=True)
+    )
+
+
+def test_rl_with_bc_term_keeps_the_cloned_policy(algo):
+    a, tr = algo
+    pretrain_critic(a, 50)
+    a.learn(300)
+    pred, _ = a.predict(tr["obs"], deterministic=True)
+    assert np.abs(pred - tr["act"]).mean() < 0.25
+    assert a.logger.name_to_value.get("train/bc_loss", 0.0) >= 0.0
+
+
+def test_demo_share_of_batches():
+    a = DemoSAC("MlpPolicy", Line(), learning_starts=0, seed=0, demo_ratio=0.5)
+    a.set_demos(demos(50))
+    a.learn(10)
+    *_, n_demo = a._batch(64, critic_only=False)
+    assert n_demo == 32
+    *_, n_all = a._batch(64, critic_only=True)
+    assert n_all == 64
+    with pytest.raises(ValueError, match="demo_ratio"):
+        DemoSAC("MlpPolicy", Line(), demo_ratio=1.0)
