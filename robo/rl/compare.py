@@ -29,6 +29,8 @@ class Condition:
     # reward source spec (grm:<dir>, vlm:<dir>, perceptual:<dir>) or none.
     reward: str = "none"
     shaping: ShapingConfig = field(default_factory=ShapingConfig)
+    # close the reward-refinement loop in this condition (GRM rewards only).
+    refine: bool = False
 
 
 @dataclass
@@ -40,32 +42,58 @@ class CompareConfig:
     conditions: list[Condition] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     out: str = "runs/compare"
+    # runs trained at once, each in its own process (1: one after the other, in this process).
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if not self.conditions:
             raise RoboError("no conditions to compare: list them under `conditions:` in the config")
         for c in self.conditions:
-            replace(self.run, reward=c.reward, shaping=c.shaping).validate()
+            replace(self.run, reward=c.reward, shaping=c.shaping, refine=c.refine).validate()
+        if self.workers < 1:
+            raise RoboError(f"workers={self.workers} must be at least 1")
         names = [c.name for c in self.conditions]
         if "" in names or len(set(names)) != len(names):
             raise RoboError(f"conditions need unique, non-empty names, got {names}")
 
 
+def _train_quietly(run: RLConfig) -> dict:
+    """A run in a worker process (no progress bar: several would interleave)."""
+    return train(run, progress_bar=False)
+
+
 def compare(cfg: CompareConfig) -> dict:
     out = Path(cfg.out)
-    results: dict[str, list[list[dict]]] = {}
-    for cond in cfg.conditions:
-        results[cond.name] = []
-        for seed in cfg.seeds:
-            run = replace(
+    jobs = [
+        (
+            cond.name,
+            replace(
                 cfg.run,
                 reward=cond.reward,
                 shaping=cond.shaping,
+                refine=cond.refine,
                 seed=seed,
                 out=str(out / cond.name / f"seed{seed}"),
-            )
-            results[cond.name].append(train(run)["evaluations"])
-    summary = {name: _aggregate(runs) for name, runs in results.items()}
+            ),
+        )
+        for cond in cfg.conditions
+        for seed in cfg.seeds
+    ]
+    if cfg.workers > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+            summaries = list(pool.map(_train_quietly, [run for _, run in jobs]))
+    else:
+        summaries = [train(run) for _, run in jobs]
+    results: dict[str, list[list[dict]]] = {c.name: [] for c in cfg.conditions}
+    refinements: dict[str, list] = {c.name: [] for c in cfg.conditions}
+    for (name, _), s in zip(jobs, summaries, strict=True):
+        results[name].append(s["evaluations"])
+        if s.get("refinement"):
+            refinements[name].append(s["refinement"])
+    summary = {name: _aggregate(runs, refinements[name]) for name, runs in results.items()}
     (out / "compare.json").parent.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(
         json.dumps(
@@ -86,10 +114,20 @@ def compare(cfg: CompareConfig) -> dict:
     return summary
 
 
-def _aggregate(runs: list[list[dict]]) -> dict:
+def _aggregate(runs: list[list[dict]], refinements: list | None = None) -> dict:
     n = min(len(r) for r in runs)
     succ = np.array([[e["success_rate"] for e in r[:n]] for r in runs])
+    extra = {}
+    if refinements:  # false-success rate of the first window (before any refinement) and the last
+        extra["false_success_before_refine"] = _nanmean(
+            [h[0]["false_success_rate_before"] for h in refinements if h]
+        )
+        extra["false_success_after_refine"] = _nanmean(
+            [h[-1].get("false_success_rate_after", float("nan")) for h in refinements if h]
+        )
+        extra["refinements"] = float(np.mean([sum(r["refined"] for r in h) for h in refinements]))
     return {
+        **extra,
         "step": [runs[0][k]["step"] for k in range(n)],
         "train_episodes": np.mean([[e["train_episodes"] for e in r[:n]] for r in runs], 0).tolist(),
         "success_mean": succ.mean(0).tolist(),
@@ -126,10 +164,25 @@ def plot_curves(summary: dict, path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def success_at_episodes(s: dict, episodes: int = 150) -> float:
+    """Mean success of the last evaluation taken within ``episodes`` training episodes."""
+    idx = [k for k, e in enumerate(s["train_episodes"]) if e <= episodes]
+    return s["success_mean"][idx[-1]] if idx else float("nan")
+
+
 def _table(summary: dict) -> None:
-    print(f"{'condition':<22}{'final success':>16}{'best':>8}{'false succ':>12}{'MAE':>8}")
+    print(
+        f"{'condition':<22}{'start':>7}{'final success':>16}{'best':>7}{'@150 ep':>9}"
+        f"{'false succ':>12}{'MAE':>8}{'refine fsr before->after':>26}"
+    )
     for name, s in summary.items():
+        ref = (
+            f"{s['false_success_before_refine']:.2f} -> {s['false_success_after_refine']:.2f}"
+            if "false_success_before_refine" in s
+            else ""
+        )
         print(
-            f"{name:<22}{s['success_mean'][-1]:>10.2f} ± {s['success_std'][-1]:.2f}{max(s['success_mean']):>8.2f}"
-            f"{s['false_success_rate']:>12.2f}{s['progress_mae']:>8.3f}"
+            f"{name:<22}{s['success_mean'][0]:>7.2f}{s['success_mean'][-1]:>10.2f} ± {s['success_std'][-1]:.2f}"
+            f"{max(s['success_mean']):>7.2f}{success_at_episodes(s):>9.2f}"
+            f"{s['false_success_rate']:>12.2f}{s['progress_mae']:>8.3f}{ref:>26}"
         )

@@ -36,8 +36,10 @@ class RefineCallback(BaseCallback):
         adapt_steps: int = 150,
         anchor: float = 1e-2,
         env_id: str = "",
+        on_refined=None,
     ):
         super().__init__()
+        self.on_refined = on_refined  # called after every adaptation (e.g. to re-score demos)
         self.wrapper, self.pm, self.demos_url = wrapper, progress_model, demos_url
         self.out, self.every, self.min_episodes = Path(out), every, min_episodes
         self.adapt_steps, self.anchor, self.env_id = adapt_steps, anchor, env_id
@@ -94,6 +96,8 @@ class RefineCallback(BaseCallback):
         record["terms"] = self._adapt()
         record["refined"] = True
         self.wrapper.resync_model()
+        if self.on_refined is not None:
+            self.on_refined()
         self.history.append(record)
         log.info("refined the reward model: %s", record)
         return record

@@ -208,12 +208,12 @@ def build(cfg: RLConfig):
     return model, ctx, venv, algo
 
 
-def train(cfg: RLConfig) -> dict:
+def train(cfg: RLConfig, progress_bar: bool = True) -> dict:
     """Run the warm start and RL; returns the evaluation history."""
     from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
 
     from robo.rl.callbacks import SuccessEvalCallback
-    from robo.rl.warmstart import warm_start
+    from robo.rl.warmstart import refresh_demo_rewards, warm_start
 
     cfg.validate()
     if cfg.threads:
@@ -248,9 +248,12 @@ def train(cfg: RLConfig) -> dict:
             min_episodes=cfg.refine_min_episodes,
             adapt_steps=cfg.refine_steps,
             env_id=cfg.env,
+            on_refined=lambda: refresh_demo_rewards(cfg, algo, model, ctx),
         )
         callbacks.append(refine_cb)
-    algo.learn(cfg.steps, callback=CallbackList(callbacks), progress_bar=True, tb_log_name="rl")
+    algo.learn(
+        cfg.steps, callback=CallbackList(callbacks), progress_bar=progress_bar, tb_log_name="rl"
+    )
     if refine_cb is not None:
         model.model.save_pretrained(out / "refined_model")
     algo.save(out / "final_policy")

@@ -126,3 +126,10 @@ def warm_start(cfg, algo, model, ctx) -> dict:
             info["critic_warmup_steps"] = cfg.critic_warmup
     log.info("warm start: %s", info)
     return info
+
+
+def refresh_demo_rewards(cfg, algo, model, ctx) -> None:
+    """Re-score the demonstrations in the algorithm's batches after the reward model changed."""
+    if getattr(algo, "demos", None) is not None and cfg.demos:
+        demos, views = load_demos(cfg.demos, model)
+        algo.set_demos(demo_transitions(demos, views, model, ctx, cfg))

@@ -143,7 +143,17 @@ def test_compare_writes_curves_and_table(tmp_path):
     import json
 
     out = tmp_path / "cmp"
-    assert main(["rl", "compare", "--config", "configs/rl/smoke.yaml", "--out", str(out)]) == 0
+    argv = [
+        "rl",
+        "compare",
+        "--config",
+        "configs/rl/smoke.yaml",
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+    ]
+    assert main(argv) == 0
     result = json.loads((out / "compare.json").read_text())
     assert set(result["conditions"]) == {"sparse", "oracle"} and result["seeds"] == [0, 1]
     assert (out / "curves.png").stat().st_size > 5000
