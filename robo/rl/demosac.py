@@ -9,7 +9,8 @@ demonstrations are given:
 * **A behaviour-cloning term** in the actor loss on the demonstration share of the batch:
   ``bc_weight * |mu(s_demo) - a_demo|^2``, with the SAC term divided by the batch's mean
   ``|Q|`` (``q_normalize``, as in TD3+BC) so that the weight does not depend on the
-  reward's scale; the actor
+  reward's scale; with ``q_filter`` only where the critic rates the demonstrated action
+  above the actor's (Nair et al. 2018); the actor
   improves on the demonstrations' behaviour instead of drifting off it while the critic is
   still poor.
 * **Critic-only updates** (``train(..., critic_only=True)``) for pre-training the critic on
@@ -36,9 +37,11 @@ class DemoSAC(SAC):
         demo_ratio: float = 0.25,
         bc_weight: float = 1.0,
         q_normalize: bool = False,
+        q_filter: bool = False,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.q_filter = bool(q_filter)
         self.q_normalize = bool(q_normalize)
         if not 0.0 <= demo_ratio < 1.0:
             raise ValueError(f"demo_ratio={demo_ratio} must lie in [0, 1)")
@@ -132,7 +135,15 @@ class DemoSAC(SAC):
                     actor_loss = actor_loss / (q_pi.abs().mean().detach() + 1e-6)
                 if n_demo and self.bc_weight > 0:
                     mu = self.actor(obs[:n_demo], deterministic=True)
-                    bc = ((mu - act[:n_demo]) ** 2).mean()
+                    err = ((mu - act[:n_demo]) ** 2).mean(dim=1, keepdim=True)
+                    if self.q_filter:  # clone a demo action only where the critic rates it higher
+                        with th.no_grad():
+                            q_demo = th.cat(self.critic(obs[:n_demo], act[:n_demo]), 1).min(
+                                1, keepdim=True
+                            )[0]
+                            q_mu = th.cat(self.critic(obs[:n_demo], mu), 1).min(1, keepdim=True)[0]
+                        err = err * (q_demo > q_mu).float()
+                    bc = err.mean()
                     actor_loss = actor_loss + self.bc_weight * bc
                     bc_losses.append(bc.item())
                 actor_losses.append(actor_loss.item())

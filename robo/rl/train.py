@@ -61,6 +61,8 @@ class RLConfig:
     demo_ratio: float = 0.5
     # SAC: weight of the behaviour-cloning term on the demonstration share (0: none).
     bc_weight: float = 10.0
+    # SAC: apply the BC term only where the critic rates the demo action above the actor's.
+    q_filter: bool = False
     # SAC: initial entropy coefficient when warm-started (tuned automatically from there).
     init_ent_coef: float = 0.01
     # SAC: gradient steps per environment step (update-to-data ratio).
@@ -199,6 +201,7 @@ def build(cfg: RLConfig):
             learning_starts=0 if warm else 1000,
             demo_ratio=cfg.demo_ratio if warm else 0.0,
             bc_weight=cfg.bc_weight if warm else 0.0,
+            q_filter=cfg.q_filter,
             ent_coef=f"auto_{cfg.init_ent_coef}" if warm else "auto",
             gradient_steps=cfg.utd,
             **common,

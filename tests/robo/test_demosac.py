@@ -93,3 +93,31 @@ def test_demo_share_of_batches():
     assert n_all == 64
     with pytest.raises(ValueError, match="demo_ratio"):
         DemoSAC("MlpPolicy", Line(), demo_ratio=1.0)
+
+
+class _PreferSmallActions(torch.nn.Module):
+    """A stand-in critic pair rating an action by -a^2 (for the Q-filter's decision only)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, obs, action):
+        q = -(action**2).sum(1, keepdim=True) + self.w
+        return (q, q)
+
+
+@pytest.mark.parametrize("q_filter, bc_positive", [(False, True), (True, False)])
+def test_q_filter_drops_bc_where_the_critic_prefers_the_actor(q_filter, bc_positive):
+    a = DemoSAC("MlpPolicy", Line(), learning_starts=0, seed=0, q_filter=q_filter, demo_ratio=0.5)
+    tr = demos()
+    tr["act"] = np.sign(tr["act"]) * 0.9  # large demo actions: rated below the actor's (~0)
+    a.set_demos(tr)
+    a.learn(2)  # one transition in the replay buffer
+    real_critic = a.critic
+    a.critic = _PreferSmallActions()
+    a.critic.optimizer = torch.optim.SGD([a.critic.w], lr=0.0)
+    a.critic.parameters = real_critic.parameters  # keep the target update working
+    a.train(1, batch_size=32)
+    bc = a.logger.name_to_value["train/bc_loss"]
+    assert (bc > 0) == bc_positive
