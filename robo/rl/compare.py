@@ -123,7 +123,7 @@ def _aggregate(runs: list[list[dict]], refinements: list | None = None) -> dict:
             [h[0]["false_success_rate_before"] for h in refinements if h]
         )
         extra["false_success_after_refine"] = _nanmean(
-            [h[-1].get("false_success_rate_after", float("nan")) for h in refinements if h]
+            [_last_finite([r.get("false_success_rate_after") for r in h]) for h in refinements]
         )
         extra["refinements"] = float(np.mean([sum(r["refined"] for r in h) for h in refinements]))
     return {
@@ -135,6 +135,11 @@ def _aggregate(runs: list[list[dict]], refinements: list | None = None) -> dict:
         "false_success_rate": _nanmean([r[n - 1]["false_success_rate"] for r in runs]),
         "progress_mae": _nanmean([r[n - 1]["progress_mae"] for r in runs]),
     }
+
+
+def _last_finite(values) -> float:
+    vals = [v for v in values if v is not None and v == v]
+    return vals[-1] if vals else float("nan")
 
 
 def _nanmean(values) -> float:

@@ -63,6 +63,9 @@ class RLConfig:
     bc_weight: float = 10.0
     # SAC: apply the BC term only where the critic rates the demo action above the actor's.
     q_filter: bool = False
+    # SAC: entropy target when warm-started: "bc" (the cloned policy's own entropy on the
+    # demo states) or "auto" (SB3's -dim(A)).
+    target_entropy: str = "bc"
     # SAC: initial entropy coefficient when warm-started (tuned automatically from there).
     init_ent_coef: float = 0.01
     # SAC: gradient steps per environment step (update-to-data ratio).
@@ -90,6 +93,8 @@ class RLConfig:
             raise RoboError("--steps and --n_envs must be positive")
         if not 0.0 <= self.demo_ratio < 1.0:
             raise RoboError(f"--demo_ratio {self.demo_ratio} must lie in [0, 1)")
+        if self.target_entropy not in ("bc", "auto"):
+            raise RoboError(f"--target_entropy {self.target_entropy!r}: use bc or auto")
         if self.bc_std <= 0 or self.init_ent_coef <= 0 or self.utd < 1:
             raise RoboError("--bc_std and --init_ent_coef must be positive and --utd at least 1")
 

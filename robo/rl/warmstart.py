@@ -103,6 +103,20 @@ def _score_with_context(model, frames: np.ndarray, ctx) -> np.ndarray:
     return np.array(out)
 
 
+def cloned_entropy(algo, obs: np.ndarray, samples: int = 8) -> float:
+    """Mean entropy (-log pi of sampled actions) of the cloned SAC policy on the demo states.
+
+    Used as SAC's entropy target so that automatic tuning keeps the exploration noise the
+    warm start set, instead of pulling it to SB3's default target of -dim(A), which a policy
+    with saturated (gripper) actions sits far below: the noise would grow until the cloned
+    behaviour is lost.
+    """
+    o = torch.as_tensor(obs, dtype=torch.float32, device=algo.device)
+    with torch.no_grad():
+        logp = torch.stack([algo.actor.action_log_prob(o)[1] for _ in range(samples)])
+    return float(-logp.mean())
+
+
 def pretrain_critic(algo, steps: int) -> None:
     """Critic-only SAC updates on the demonstrations (the actor and entropy stay frozen)."""
     from stable_baselines3.common.logger import configure
@@ -120,6 +134,9 @@ def warm_start(cfg, algo, model, ctx) -> dict:
     info = {"demos": len(demos), "transitions": len(tr["obs"]), "bc_loss": round(loss, 5)}
     if hasattr(algo, "set_demos"):  # DemoSAC: demos mixed into every batch, critic pre-trained
         algo.set_demos(tr)
+        if cfg.target_entropy == "bc":
+            algo.target_entropy = cloned_entropy(algo, tr["obs"])
+            info["target_entropy"] = round(algo.target_entropy, 3)
         info["demo_transitions_in_batches"] = len(tr["obs"])
         if cfg.critic_warmup:
             pretrain_critic(algo, cfg.critic_warmup)
