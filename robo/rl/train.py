@@ -65,7 +65,7 @@ class RLConfig:
     q_filter: bool = False
     # SAC: entropy target when warm-started: "bc" (the cloned policy's own entropy on the
     # demo states) or "auto" (SB3's -dim(A)).
-    target_entropy: str = "bc"
+    target_entropy: str = "auto"
     # SAC: initial entropy coefficient when warm-started (tuned automatically from there).
     init_ent_coef: float = 0.01
     # SAC: gradient steps per environment step (update-to-data ratio).
