@@ -135,7 +135,9 @@ def train_policies(cfg: DemoConfig, model_dir: Path, demos: str, out: Path) -> d
         Condition("sparse", "none", ShapingConfig(mode="sparse")),
         Condition("pbrs(grm)", f"grm:{model_dir}", ShapingConfig(mode="pbrs")),
     ]
-    return compare(CompareConfig(run=run, conditions=conditions, seeds=[0], out=str(out / "rl")))
+    return compare(
+        CompareConfig(run=run, conditions=conditions, seeds=[0], out=str(out / "rl"), workers=2)
+    )
 
 
 def policy_video(cfg: DemoConfig, model_dir: Path, demos: str, out: Path) -> Path:
@@ -171,9 +173,35 @@ def policy_video(cfg: DemoConfig, model_dir: Path, demos: str, out: Path) -> Pat
     return write_video(out / "policy_pbrs.mp4", np.stack(video), fps=20)
 
 
+# what a demo run writes in its report folder (a re-run replaces these, and only these)
+DEMO_OUTPUTS = (
+    "demos",
+    "rollouts",
+    "grm",
+    "eval",
+    "eval_train",
+    "rl",
+    "report.json",
+    "demo_ep0.mp4",
+    "policy_pbrs.mp4",
+)
+
+
+def clear_previous(out: Path) -> None:
+    """Remove an earlier demo's outputs (the stores are append-only: a re-run would add to them)."""
+    import shutil
+
+    old = [out / name for name in DEMO_OUTPUTS if (out / name).exists()]
+    if old:
+        print(f"replacing the previous demo report in {out}/")
+    for p in old:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
 def run(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    clear_previous(out)
     t0 = time.time()
     demos, eval_store = record(cfg, out)
     model_dir = train_grm(cfg, demos, out)

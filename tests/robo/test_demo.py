@@ -1,4 +1,5 @@
-"""The main job (`make demo`) end to end with tiny settings: every stage runs and reports."""
+"""The main job (`make demo`) end to end with tiny settings: every stage runs and reports;
+a re-run replaces its own earlier outputs and nothing else."""
 
 import json
 
@@ -28,3 +29,16 @@ def test_demo_pipeline_smoke(tmp_path):
     assert -1 <= report["grm_eval"]["voc"] <= 1
     for f in ("demo_ep0.mp4", "policy_pbrs.mp4", "rl/curves.png", "eval/summary.json"):
         assert (out / f).stat().st_size > 1000, f
+
+
+def test_rerun_replaces_only_the_demos_own_outputs(tmp_path, capsys):
+    from robo.demo import clear_previous
+
+    (tmp_path / "demos").mkdir()
+    (tmp_path / "demos" / "zarr.json").write_text("{}")
+    (tmp_path / "report.json").write_text("{}")
+    (tmp_path / "my_notes.txt").write_text("keep me")
+    clear_previous(tmp_path)
+    assert not (tmp_path / "demos").exists() and not (tmp_path / "report.json").exists()
+    assert (tmp_path / "my_notes.txt").read_text() == "keep me"
+    assert "replacing the previous demo report" in capsys.readouterr().out
