@@ -140,7 +140,10 @@ class _Shaper:
         self.model, self.cfg, self.contexts = model, cfg, list(contexts)
         self.phi = np.zeros(len(self.contexts))
 
-    def reset(self, indices: Sequence[int], frames: np.ndarray) -> None:
+    def reset(self, indices: Sequence[int], frames: np.ndarray, infos=None) -> None:
+        if getattr(self.model, "reads_info", False):  # privileged potential (evaluation only)
+            self.phi[list(indices)] = [float(i["privileged_progress"]) for i in infos]
+            return
         out = self.model.reset(list(indices), [self.contexts[i] for i in indices], frames)
         self.phi[list(indices)] = out.progress.numpy()
 
@@ -150,6 +153,8 @@ class _Shaper:
         """Rewards for one vectorised step; ``frames`` are those of the states reached."""
         out = self.model.predict(frames, list(range(len(frames))))
         phi_next = out.progress.numpy().astype(np.float64)
+        if getattr(self.model, "reads_info", False):  # privileged potential (evaluation only)
+            phi_next = np.array([float(i["privileged_progress"]) for i in infos])
         model_success = phi_next >= 1.0 - self.cfg.delta
         env_success = np.array([bool(i.get("success", False)) for i in infos])
         success = env_success if self.cfg.success_source is SuccessSource.env else model_success
@@ -211,7 +216,7 @@ class RewardVecEnvWrapper(VecEnvWrapper):
     def reset(self):
         obs = self.venv.reset()
         frames = np.stack([i["frames"] for i in self.venv.reset_infos])
-        self.shaper.reset(range(self.num_envs), frames)
+        self.shaper.reset(range(self.num_envs), frames, self.venv.reset_infos)
         self.last_frames = frames
         return obs
 
@@ -230,7 +235,7 @@ class RewardVecEnvWrapper(VecEnvWrapper):
         self.last_frames = frames.copy()
         if len(ended):
             first = np.stack([self.venv.reset_infos[k]["frames"] for k in ended])
-            self.shaper.reset(ended, first)
+            self.shaper.reset(ended, first, [self.venv.reset_infos[k] for k in ended])
             self.last_frames[ended] = first
         return obs, reward, dones, infos
 
@@ -250,7 +255,7 @@ class ShapedRewardWrapper(gym.Wrapper):
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        self.shaper.reset([0], info.pop("frames")[None])
+        self.shaper.reset([0], info.pop("frames")[None], [info])
         return obs, info
 
     def step(self, action):

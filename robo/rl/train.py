@@ -41,7 +41,8 @@ class RLConfig:
 
     # env id (`robo envs`).
     env: str = ""
-    # reward source: grm:<dir> | none (sparse/oracle without a model).
+    # reward source: grm:<dir> | vlm:<dir> | perceptual:<dir> | grpc://host:port | none
+    # (sparse/oracle without a model) | privileged (evaluation only: the simulator's progress).
     reward: str = "none"
     shaping: ShapingConfig = field(default_factory=ShapingConfig)
     algo: Algo = Algo.sac
@@ -104,6 +105,10 @@ class RLConfig:
             self.shaping.mode in (ShapingMode.pbrs, ShapingMode.naive)
             or self.shaping.success_source == "model"
         )
+        if self.reward == "privileged" and self.refine:
+            raise RoboError(
+                "--refine true adapts a GRM; the privileged potential has nothing to refine"
+            )
         if needs_model and self.reward == "none":
             raise RoboError(
                 f"--shaping.mode {self.shaping.mode.value} needs a reward model: pass --reward grm:<dir>"
@@ -139,9 +144,21 @@ class _NoModel:
         )
 
 
+class PrivilegedPotential(_NoModel):
+    """Evaluation-only potential: the simulator's privileged progress (``info``), no frames.
+
+    ``pbrs`` with it is the upper bound of what a perfect progress model could give the
+    RL algorithm; it tells a weak reward model from a weak RL set-up. Never for robots.
+    """
+
+    reads_info = True
+
+
 def load_reward(spec: str):
     if spec == "none":
         return _NoModel()
+    if spec == "privileged":
+        return PrivilegedPotential()
     from robo.reward.registry import load_progress_model
 
     return load_progress_model(spec)

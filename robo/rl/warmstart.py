@@ -70,7 +70,9 @@ def demo_transitions(demos, views, model, ctx, cfg) -> dict:
     rows = {k: [] for k in ("obs", "act", "rew", "next", "done")}
     for ep in demos:
         T = len(ep)
-        if model.views:
+        if getattr(model, "reads_info", False):  # privileged potential (evaluation only)
+            phi = np.asarray(ep.privileged_progress, np.float64)
+        elif model.views:
             phi = _score_with_context(
                 model, ep.frames[:, [views.index(v) for v in model.views]], ctx
             )

@@ -167,3 +167,26 @@ def test_modes_and_single_env_wrapper():
     for gamma in (0.0, 1.5, -0.1):
         with pytest.raises(RoboError, match="gamma"):
             ShapingConfig(gamma=gamma)
+
+
+def test_privileged_potential_reads_the_simulators_progress():
+    """The evaluation-only potential: Phi is info['privileged_progress'], nothing rendered."""
+    import sim
+    from robo.rl.train import load_reward
+
+    env = ShapedRewardWrapper(
+        sim.make("tabletop/reach-v0", max_episode_steps=10),
+        load_reward("privileged"),
+        ShapingConfig(mode="pbrs", gamma=0.9),
+        TaskContext(),
+    )
+    _, info = env.reset(seed=3)
+    prev = info["privileged_progress"]
+    for _ in range(5):
+        _, r, term, _, info = env.step(np.array([1.0, 0.5, 0, -1], np.float32))
+        t = info["reward_terms"]
+        assert t["potential"] == pytest.approx(prev)
+        assert t["next_potential"] == pytest.approx(info["privileged_progress"])
+        expected = t["success_bonus"] + 0.9 * (0.0 if term else t["next_potential"]) - prev
+        assert r == pytest.approx(expected, abs=1e-6)
+        prev = info["privileged_progress"]
