@@ -219,3 +219,13 @@ def test_refinement_loop_adapts_the_model_on_contradicting_episodes(demos_and_mo
     assert "false_success_rate_after" in records[-1]
     refined = GRM.from_pretrained(out / "refined_model")
     assert not torch.equal(refined.head[-1].bias, grm.head[-1].bias)
+
+
+@pytest.mark.parametrize("path", sorted(__import__("glob").glob("configs/rl/*.yaml")))
+def test_every_shipped_compare_config_parses_and_validates(path):
+    import draccus
+
+    from robo.rl.compare import CompareConfig
+
+    cfg = draccus.parse(CompareConfig, config_path=path, args=[])
+    assert cfg.conditions and cfg.run.env
