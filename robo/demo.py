@@ -23,7 +23,7 @@ from robo.preview import PreviewConfig, preview
 
 @dataclass
 class DemoConfig:
-    """The main job's settings (defaults: about 15 minutes on 2 CPU cores)."""
+    """The main job's settings (defaults: about 10 minutes on 2 CPU cores)."""
 
     # env id of the multi-stage task to run on.
     env: str = "tabletop/pick-place-v0"
