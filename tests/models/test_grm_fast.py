@@ -9,18 +9,9 @@ from models.grm.config import GRMConfig
 from models.grm.fast import FastGRM, bucket, make_fast, resolve_dtype, warmup
 from models.grm.inference import GRMProgressModel
 from models.grm.model import GRM
+from tests.tiny import TINY_GRM
 
-TINY = dict(
-    views=("front", "wrist"),
-    image_size=(32, 32),
-    channels=(8, 16),
-    encoder_resolution=16,
-    d_model=32,
-    layers=1,
-    heads=2,
-    num_bins=11,
-    text_buckets=64,
-)
+TINY = TINY_GRM
 
 
 def frames(t, b, seed=0):

@@ -19,18 +19,9 @@ from robo.serving import reward_pb2, reward_pb2_grpc
 from robo.serving.batcher import Batcher, Kind, Request
 from robo.serving.client import RemoteProgressModel, RewardServerError, parse_url
 from robo.serving.server import RewardServer, ServeConfig, main
+from tests.tiny import TINY_GRM
 
-TINY = dict(
-    views=("front", "wrist"),
-    image_size=(32, 32),
-    channels=(8, 16),
-    encoder_resolution=16,
-    d_model=32,
-    layers=1,
-    heads=2,
-    num_bins=11,
-    text_buckets=64,
-)
+TINY = TINY_GRM
 TOKEN = "s3cret-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 

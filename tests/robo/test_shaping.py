@@ -15,6 +15,7 @@ from robo.shaping import (
     make_reward_vec_env,
     shaped_reward,
 )
+from tests.tiny import TINY_GRM
 
 
 def value_iteration(P, R, terminal, gamma, iters=2000):
@@ -77,17 +78,7 @@ def test_naive_shaping_falls_into_the_semantic_trap():
     )
 
 
-TINY = dict(
-    views=("front", "wrist"),
-    image_size=(32, 32),
-    channels=(8, 16),
-    encoder_resolution=16,
-    d_model=32,
-    layers=1,
-    heads=2,
-    num_bins=11,
-    text_buckets=64,
-)
+TINY = TINY_GRM
 
 
 def tiny_model():
