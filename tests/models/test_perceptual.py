@@ -244,19 +244,11 @@ def test_grm_encoder(synthetic, tmp_path):
     from models.grm.model import GRM
 
     demos, _ = synthetic
-    GRM(
-        GRMConfig(
-            views=("front", "wrist"),
-            image_size=(SIZE, SIZE),
-            channels=(8, 16),
-            encoder_resolution=16,
-            d_model=32,
-            layers=1,
-            heads=2,
-            num_bins=11,
-            text_buckets=0,
-        )
-    ).save_pretrained(tmp_path / "grm")
+    from tests.tiny import TINY_GRM
+
+    GRM(GRMConfig(**{**TINY_GRM, "image_size": (SIZE, SIZE), "text_buckets": 0})).save_pretrained(
+        tmp_path / "grm"
+    )
     model = fit(demos[:3], 3, PerceptualConfig(encoder="grm", grm_dir=str(tmp_path / "grm")))
     assert model.fit_info["num_features"] == 2 * (8 + 16 + 32)  # pooled ReLU maps + encoder output
     curve = model.progress_curve(demos[5])
