@@ -190,7 +190,8 @@ class RewardVecEnvWrapper(VecEnvWrapper):
 
     The wrapped envs must be wrapped in :class:`RenderViewsInfo` (see :func:`make_reward_vec_env`).
     On episode ends the model state of that env is reset with the first frame of the new
-    episode; the terminal transition is scored on the terminal state's frames.
+    episode; the terminal transition is scored on the terminal state's frames, which the
+    step's info keeps as ``terminal_frames``.
     """
 
     def __init__(
@@ -200,7 +201,6 @@ class RewardVecEnvWrapper(VecEnvWrapper):
         contexts = [context] * venv.num_envs if isinstance(context, TaskContext) else list(context)
         self.shaper = _Shaper(model, cfg, contexts)
         self.last_frames: np.ndarray | None = None  # frames of the current state of every env
-        self.terminal_frames: dict[int, np.ndarray] = {}  # frames of episodes that ended this step
         if cfg.mode is ShapingMode.sparse and cfg.success_source is SuccessSource.env:
             self._require_success_signal()
 
@@ -226,12 +226,13 @@ class RewardVecEnvWrapper(VecEnvWrapper):
         truncated = np.array([bool(i.get("TimeLimit.truncated", False)) for i in infos])
         terminated = dones & ~truncated
         reward, _, terms = self.shaper.step(frames, env_reward, infos, terminated, truncated)
+        ended = np.flatnonzero(dones)
         for k, info in enumerate(infos):
             info["reward_terms"] = terms[k]
             info["original_env_rew"] = float(env_reward[k])
             info.pop("frames", None)
-        ended = np.flatnonzero(dones)
-        self.terminal_frames = {int(k): frames[k] for k in ended}
+            if dones[k]:  # for refinement: the frames the episode ended on
+                info["terminal_frames"] = frames[k]
         self.last_frames = frames.copy()
         if len(ended):
             first = np.stack([self.venv.reset_infos[k]["frames"] for k in ended])

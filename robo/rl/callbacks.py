@@ -25,6 +25,25 @@ def run_eval_episodes(policy, env, episodes: int, seed: int) -> dict:
     return {"success_rate": float(np.mean(successes)), "mean_length": float(np.mean(lengths))}
 
 
+def completed_steps(callback: BaseCallback, final: bool = False) -> list[tuple[list, np.ndarray]]:
+    """``(infos, dones)`` of the vectorised steps whose reward terms are known by now.
+
+    With a synchronous reward that is the step just taken. With a deferred reward
+    (:class:`robo.deferred_reward.DeferredRewardVecEnv`) a step's terms arrive when the
+    next step is sent, so this returns the previous step; ``final`` (at training end)
+    waits for the last step's terms and returns it as well.
+    """
+    env = callback.training_env
+    current = (callback.locals["infos"], callback.locals["dones"]) if not final else None
+    if not getattr(env, "deferred_rewards", False):
+        return [current] if current is not None else []
+    previous = getattr(callback, "_deferred_step", None)
+    callback._deferred_step = current
+    if final and previous is not None:
+        env.flush()
+    return [previous] if previous is not None else []
+
+
 class SuccessEvalCallback(BaseCallback):
     """Every ``every`` env steps: success rate of the deterministic policy on ``episodes``
     fixed-seed episodes; plus, from the training episodes' reward terms, how often the
@@ -70,9 +89,15 @@ class SuccessEvalCallback(BaseCallback):
         return row
 
     def _on_step(self) -> bool:
-        for k, (info, done) in enumerate(
-            zip(self.locals["infos"], self.locals["dones"], strict=True)
-        ):
+        for infos, dones in completed_steps(self):
+            self._watch(infos, dones)
+        if self.num_timesteps >= self._next:
+            self._next += self.every
+            self.evaluate_now(self.model, self.num_timesteps)
+        return True
+
+    def _watch(self, infos, dones) -> None:
+        for k, (info, done) in enumerate(zip(infos, dones, strict=True)):
             ep = self._ep.setdefault(k, {"model": False, "env": False})
             terms = info.get("reward_terms", {})
             ep["model"] |= bool(terms.get("model_success", False))
@@ -89,10 +114,6 @@ class SuccessEvalCallback(BaseCallback):
                     self.watch["env_failures"] += 1
                     self.watch["false_successes"] += int(ep["model"])
                 self._ep[k] = {"model": False, "env": False}
-        if self.num_timesteps >= self._next:
-            self._next += self.every
-            self.evaluate_now(self.model, self.num_timesteps)
-        return True
 
     def watch_summary(self) -> dict:
         w = self.watch
@@ -101,6 +122,8 @@ class SuccessEvalCallback(BaseCallback):
         return {"false_success_rate": fsr, "progress_mae": mae, "watched_episodes": w["episodes"]}
 
     def _on_training_end(self) -> None:
+        for infos, dones in completed_steps(self, final=True):
+            self._watch(infos, dones)
         if not self.history or self.history[-1]["step"] != self.num_timesteps:
             self.evaluate_now(self.model, self.num_timesteps)
         if self._env is not None:

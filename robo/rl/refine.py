@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
+from robo.rl.callbacks import completed_steps
 from robo.store import Episode, EpisodeStore
 
 log = logging.getLogger(__name__)
@@ -51,27 +52,29 @@ class RefineCallback(BaseCallback):
         self._store: EpisodeStore | None = None
 
     def _on_step(self) -> bool:
-        for k, (info, done) in enumerate(
-            zip(self.locals["infos"], self.locals["dones"], strict=True)
-        ):
-            ep = self._ep.setdefault(k, {"model": False, "env": False})
-            ep["model"] |= bool(info.get("reward_terms", {}).get("model_success", False))
-            ep["env"] |= bool(info.get("success", False))
-            if done:
-                self._episode_end(k, ep)
-                self._ep[k] = {"model": False, "env": False}
+        for infos, dones in completed_steps(self):
+            self._track(infos, dones)
         if self.num_timesteps >= self._next:
             self._next += self.every
             self.refine()
         return True
 
-    def _episode_end(self, k: int, ep: dict) -> None:
+    def _track(self, infos, dones) -> None:
+        for k, (info, done) in enumerate(zip(infos, dones, strict=True)):
+            ep = self._ep.setdefault(k, {"model": False, "env": False})
+            ep["model"] |= bool(info.get("reward_terms", {}).get("model_success", False))
+            ep["env"] |= bool(info.get("success", False))
+            if done:
+                self._episode_end(ep, info)
+                self._ep[k] = {"model": False, "env": False}
+
+    def _episode_end(self, ep: dict, info: dict) -> None:
         self.window["episodes"] += 1
         if not ep["env"]:
             self.window["env_failures"] += 1
             self.window["false_successes"] += int(ep["model"])
-        if ep["model"] != ep["env"] and k in self.wrapper.terminal_frames:
-            self.pending.append((self.wrapper.terminal_frames[k], ep["env"]))
+        if ep["model"] != ep["env"] and "terminal_frames" in info:
+            self.pending.append((info["terminal_frames"], ep["env"]))
 
     def window_fsr(self) -> float:
         w = self.window
@@ -166,5 +169,7 @@ class RefineCallback(BaseCallback):
         return terms
 
     def _on_training_end(self) -> None:
+        for infos, dones in completed_steps(self, final=True):
+            self._track(infos, dones)
         if self.history:
             self.history[-1]["false_success_rate_after"] = self.window_fsr()

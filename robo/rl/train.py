@@ -79,6 +79,9 @@ class RLConfig:
     out: str = ""
     # torch threads (0: leave torch's default).
     threads: int = 1
+    # SAC with a frame-based reward: render and score each step in a worker process while
+    # the learner takes its gradient steps (rewards arrive one step late; same values).
+    deferred_reward: bool = True
     # reward-refinement loop: adapt the GRM on episodes whose outcome contradicts it.
     refine: bool = False
     # refinement cadence (env steps), minimum contradicting episodes, adaptation steps.
@@ -201,6 +204,7 @@ def build(cfg: RLConfig):
     """Reward model, shaped vec env and SB3 algorithm."""
     from stable_baselines3 import PPO
 
+    from robo.deferred_reward import DeferredRewardReplayBuffer
     from robo.rl.demosac import DemoSAC
 
     model = load_reward(cfg.reward)
@@ -210,7 +214,13 @@ def build(cfg: RLConfig):
         probe = fns[0]()
         check_model_views(model, probe)
         probe.close()
-    venv = make_reward_vec_env(fns, model, cfg.shaping, ctx)
+    deferred = cfg.deferred_reward and cfg.algo is Algo.sac and bool(model.views)
+    if deferred:
+        from robo.deferred_reward import DeferredRewardVecEnv
+
+        venv = DeferredRewardVecEnv(fns, model, cfg.shaping, ctx, threads=cfg.threads)
+    else:
+        venv = make_reward_vec_env(fns, model, cfg.shaping, ctx)
     venv.seed(cfg.seed)
     common = dict(
         seed=cfg.seed, verbose=0, tensorboard_log=str(cfg.out_dir / "tb"), gamma=cfg.shaping.gamma
@@ -226,8 +236,12 @@ def build(cfg: RLConfig):
             q_filter=cfg.q_filter,
             ent_coef=f"auto_{cfg.init_ent_coef}" if warm else "auto",
             gradient_steps=cfg.utd,
+            **({"replay_buffer_class": DeferredRewardReplayBuffer} if deferred else {}),
             **common,
         )
+        if deferred:
+            venv.reward_sink = algo.replay_buffer.fill
+            algo.replay_buffer.on_starved = venv.flush
     else:
         algo = PPO("MlpPolicy", venv, n_steps=max(64, 1024 // cfg.n_envs), batch_size=64, **common)
     return model, ctx, venv, algo
