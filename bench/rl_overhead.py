@@ -3,7 +3,9 @@
 Times stable-baselines3 SAC training steps (env step + gradient updates, no evaluation)
 with the sparse reward (no rendering, no model) and with pbrs from a GRM (the model's
 views rendered every step, one fused 3-perspective query per step), at each update-to-data
-ratio asked for, on the same env, seed and thread count. Also times the two parts of the
+ratio asked for, on the same env, seed and thread count. pbrs runs twice: synchronous
+(render and score inside the env step) and deferred (``robo.deferred_reward``: render and
+score in a worker process while the learner takes its gradient steps; the default). Also times the two parts of the
 reward on their own: rendering the model's views and the model's query. Median, min and
 max of ``--runs`` timed runs after a warm-up.
 
@@ -89,7 +91,7 @@ def main() -> None:
     if not Path(args.model).is_dir():
         sys.exit(f"error: no GRM folder at {args.model}: train one (make demo) or pass --model")
 
-    def cfg(mode: str, utd: int) -> RLConfig:
+    def cfg(mode: str, utd: int, deferred: bool = False) -> RLConfig:
         reward = "none" if mode == "sparse" else f"grm:{args.model}"
         return RLConfig(
             env=args.env,
@@ -98,6 +100,7 @@ def main() -> None:
             steps=args.steps,
             utd=utd,
             threads=args.threads,
+            deferred_reward=deferred,
             out="/tmp/rl_overhead",
         )
 
@@ -108,14 +111,18 @@ def main() -> None:
     for utd in [int(x) for x in args.utd.split(",")]:
         sparse = step_ms(cfg("sparse", utd), args.steps, args.runs)
         pbrs = step_ms(cfg("pbrs", utd), args.steps, args.runs)
+        deferred = step_ms(cfg("pbrs", utd, deferred=True), args.steps, args.runs)
         rows.append(
             {
                 "utd": utd,
                 "sparse_ms": sparse["median"],
                 "sparse_range": f"{sparse['min']:.1f}-{sparse['max']:.1f}",
-                "pbrs_grm_ms": pbrs["median"],
-                "pbrs_range": f"{pbrs['min']:.1f}-{pbrs['max']:.1f}",
-                "overhead_pct": 100.0 * (pbrs["median"] / sparse["median"] - 1.0),
+                "pbrs_sync_ms": pbrs["median"],
+                "sync_range": f"{pbrs['min']:.1f}-{pbrs['max']:.1f}",
+                "sync_overhead_pct": 100.0 * (pbrs["median"] / sparse["median"] - 1.0),
+                "pbrs_deferred_ms": deferred["median"],
+                "deferred_range": f"{deferred['min']:.1f}-{deferred['max']:.1f}",
+                "deferred_overhead_pct": 100.0 * (deferred["median"] / sparse["median"] - 1.0),
             }
         )
     parts = reward_parts_ms(cfg("pbrs", 1), args.runs)
@@ -129,9 +136,12 @@ def main() -> None:
             "utd",
             "sparse_ms",
             "sparse_range",
-            "pbrs_grm_ms",
-            "pbrs_range",
-            "overhead_pct",
+            "pbrs_sync_ms",
+            "sync_range",
+            "sync_overhead_pct",
+            "pbrs_deferred_ms",
+            "deferred_range",
+            "deferred_overhead_pct",
             "render_ms",
             "model_ms",
         ],

@@ -204,10 +204,12 @@ def make_policy(spec: str, robot) -> Callable[[dict], dict]:
     kind, _, path = spec.partition(":")
     if kind != "sb3" or not path:
         raise RoboError(f"--policy {spec!r}: use hold, expert or sb3:<checkpoint.zip>")
-    from stable_baselines3 import PPO, SAC
+    from stable_baselines3 import PPO
+
+    from robo.rl.demosac import DemoSAC
 
     try:
-        model = SAC.load(path)
+        model = DemoSAC.load(path)
     except Exception:  # noqa: BLE001 - try the other algorithm before giving up
         model = PPO.load(path)
     keys = list(robot.action_features)

@@ -142,16 +142,15 @@ def train_policies(cfg: DemoConfig, model_dir: Path, demos: str, out: Path) -> d
 
 def policy_video(cfg: DemoConfig, model_dir: Path, demos: str, out: Path) -> Path:
     """The final pbrs(GRM) policy acting, views side by side, predicted progress drawn over them."""
-    from stable_baselines3 import SAC
-
     import sim
     from robo.preview import annotate, write_video
     from robo.reward.registry import load_progress_model
+    from robo.rl.demosac import DemoSAC
     from robo.rl.train import RLConfig, demo_context
 
     pm = load_progress_model(f"grm:{model_dir}")
     ctx = demo_context(RLConfig(env=cfg.env, demos=demos), pm)
-    policy = SAC.load(out / "rl" / "pbrs(grm)" / "seed0" / "final_policy")
+    policy = DemoSAC.load(out / "rl" / "pbrs(grm)" / "seed0" / "final_policy")
     env = sim.make(cfg.env, views=pm.views, image_size=pm.image_size[0])
     obs, info = env.reset(seed=4242)
     frames = env.unwrapped.render_views()

@@ -15,11 +15,18 @@ demonstrations are given:
   still poor.
 * **Critic-only updates** (``train(..., critic_only=True)``) for pre-training the critic on
   the demonstrations with the actor frozen before RL starts.
+* **Imitation-bootstrapped RL** (``ibrl``, Hu et al. 2023), optional: a frozen copy of the
+  cloned actor stays beside the RL actor. Every action, in training and evaluation, is
+  whichever of the two proposals the critic rates higher, and the TD target bootstraps
+  from the better of the two at the next state. The policy starts as good as the clone
+  and the RL actor only takes over where the critic has learned it does better.
 
 Everything else (entropy tuning, target networks, logging) is SAC's.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch as th
@@ -38,8 +45,11 @@ class DemoSAC(SAC):
         bc_weight: float = 1.0,
         q_normalize: bool = False,
         q_filter: bool = False,
+        ibrl: bool = False,
         **kwargs,
     ):
+        self.ibrl = bool(ibrl)
+        self.bc_actor = None
         super().__init__(*args, **kwargs)
         self.q_filter = bool(q_filter)
         self.q_normalize = bool(q_normalize)
@@ -63,6 +73,43 @@ class DemoSAC(SAC):
             "done": t(tr["done"]).reshape(-1, 1),
         }
 
+    # ----------------------------------------------------------------- IBRL
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        if self.ibrl:  # the frozen proposal; load() restores its weights into it
+            self.bc_actor = copy.deepcopy(self.actor).requires_grad_(False).eval()
+
+    def freeze_bc_actor(self) -> None:
+        """Freeze the current actor (just behaviour-cloned) as IBRL's imitation proposal."""
+        if self.ibrl:
+            self.bc_actor.load_state_dict(self.actor.state_dict())
+
+    def _get_torch_save_params(self):
+        state_dicts, other = super()._get_torch_save_params()
+        return (state_dicts + ["bc_actor"] if self.ibrl else state_dicts), other
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "bc_actor"]
+
+    def _q_min(self, critic, obs: th.Tensor, act: th.Tensor) -> th.Tensor:
+        return th.cat(critic(obs, act), dim=1).min(dim=1, keepdim=True)[0]
+
+    def _select(self, obs: th.Tensor, a_rl: th.Tensor, a_bc: th.Tensor) -> th.Tensor:
+        """Per row, the proposal the critic rates higher."""
+        use_bc = self._q_min(self.critic, obs, a_bc) > self._q_min(self.critic, obs, a_rl)
+        return th.where(use_bc, a_bc, a_rl)
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=False):
+        if not self.ibrl:
+            return super().predict(observation, state, episode_start, deterministic)
+        self.policy.set_training_mode(False)
+        obs, vectorized = self.policy.obs_to_tensor(observation)
+        with th.no_grad():
+            a = self._select(obs, self.actor(obs, deterministic), self.bc_actor(obs, deterministic))
+        action = self.policy.unscale_action(a.cpu().numpy())
+        return (action if vectorized else action[0]), state
+
+    # ----------------------------------------------------------------- batches and updates
     def _batch(self, batch_size: int, critic_only: bool):
         """(obs, act, rew, next, done, discount, n_demo): demos first, then replay."""
         n_demo = 0
@@ -118,6 +165,9 @@ class DemoSAC(SAC):
                     dim=1, keepdim=True
                 )[0]
                 next_q = next_q - ent_coef * next_log_prob.reshape(-1, 1)
+                if self.ibrl:  # bootstrap from the better of the two proposals
+                    next_bc = self.bc_actor(nxt, deterministic=True)
+                    next_q = th.maximum(next_q, self._q_min(self.critic_target, nxt, next_bc))
                 target_q = rew + (1 - done) * disc * next_q
             current_q = self.critic(obs, act)
             critic_loss = 0.5 * sum(F.mse_loss(q, target_q) for q in current_q)

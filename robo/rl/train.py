@@ -71,6 +71,10 @@ class RLConfig:
     init_ent_coef: float = 0.01
     # SAC: gradient steps per environment step (update-to-data ratio).
     utd: int = 1
+    # SAC: imitation-bootstrapped RL (Hu et al. 2023): a frozen copy of the cloned actor
+    # proposes actions beside the RL actor; the critic picks the better one (acting and
+    # in the TD target). Needs --demos and --bc_epochs > 0.
+    ibrl: bool = False
     # evaluate every this many env steps (20 deterministic episodes).
     eval_every: int = 2000
     eval_episodes: int = 20
@@ -104,6 +108,10 @@ class RLConfig:
 
     def validate(self) -> None:
         """Checks that depend on the combination of reward and shaping (run before training)."""
+        if self.ibrl and (self.algo is not Algo.sac or not self.demos or not self.bc_epochs):
+            raise RoboError(
+                "--ibrl true needs --algo sac, --demos <store> and --bc_epochs > 0 (the cloned actor)"
+            )
         needs_model = (
             self.shaping.mode in (ShapingMode.pbrs, ShapingMode.naive)
             or self.shaping.success_source == "model"
@@ -234,6 +242,7 @@ def build(cfg: RLConfig):
             demo_ratio=cfg.demo_ratio if warm else 0.0,
             bc_weight=cfg.bc_weight if warm else 0.0,
             q_filter=cfg.q_filter,
+            ibrl=cfg.ibrl and warm,
             ent_coef=f"auto_{cfg.init_ent_coef}" if warm else "auto",
             gradient_steps=cfg.utd,
             **({"replay_buffer_class": DeferredRewardReplayBuffer} if deferred else {}),

@@ -133,6 +133,8 @@ def warm_start(cfg, algo, model, ctx) -> dict:
     demos, views = load_demos(cfg.demos, model)
     tr = demo_transitions(demos, views, model, ctx, cfg)
     loss = behaviour_clone(algo.policy, tr["obs"], tr["act"], cfg.bc_epochs, std=cfg.bc_std)
+    if hasattr(algo, "freeze_bc_actor"):  # DemoSAC with IBRL: the clone stays as a proposal
+        algo.freeze_bc_actor()
     info = {"demos": len(demos), "transitions": len(tr["obs"]), "bc_loss": round(loss, 5)}
     if hasattr(algo, "set_demos"):  # DemoSAC: demos mixed into every batch, critic pre-trained
         algo.set_demos(tr)

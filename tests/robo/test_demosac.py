@@ -121,3 +121,52 @@ def test_q_filter_drops_bc_where_the_critic_prefers_the_actor(q_filter, bc_posit
     a.train(1, batch_size=32)
     bc = a.logger.name_to_value["train/bc_loss"]
     assert (bc > 0) == bc_positive
+
+
+def ibrl_algo():
+    torch.manual_seed(0)
+    a = DemoSAC("MlpPolicy", Line(), learning_starts=0, seed=0, ent_coef="auto_0.01", ibrl=True)
+    tr = demos()
+    behaviour_clone(a.policy, tr["obs"], tr["act"], epochs=100, std=0.2)
+    a.freeze_bc_actor()
+    a.set_demos(tr)
+    return a, tr
+
+
+def test_ibrl_acts_with_the_proposal_the_critic_rates_higher():
+    a, tr = ibrl_algo()
+    with torch.no_grad():  # the RL actor drifts away from the clone
+        for p in a.actor.parameters():
+            p.add_(torch.randn_like(p))
+    pretrain_critic(a, 50)
+    obs = torch.as_tensor(tr["obs"][:64])
+    chosen, _ = a.predict(tr["obs"][:64], deterministic=True)
+    with torch.no_grad():
+        a_rl, a_bc = a.actor(obs, True), a.bc_actor(obs, True)
+        q_rl, q_bc = a._q_min(a.critic, obs, a_rl), a._q_min(a.critic, obs, a_bc)
+    expected = torch.where(q_bc > q_rl, a_bc, a_rl).numpy()
+    np.testing.assert_allclose(chosen, expected, atol=1e-6)
+    assert 0 < (q_bc > q_rl).float().mean() < 1 or not np.allclose(a_rl, a_bc)
+    # the clone is frozen: RL updates move the actor, never the proposal
+    before = [p.clone() for p in a.bc_actor.parameters()]
+    actor_before = actor_params(a)
+    a.learn(40, progress_bar=False)
+    assert not all(torch.equal(x, y) for x, y in zip(actor_before, actor_params(a), strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(before, a.bc_actor.parameters(), strict=True))
+
+
+def test_ibrl_policy_saves_and_loads_with_its_proposal(tmp_path):
+    a, tr = ibrl_algo()
+    with torch.no_grad():
+        for p in a.actor.parameters():
+            p.add_(torch.randn_like(p))
+    pretrain_critic(a, 20)
+    a.save(tmp_path / "policy")
+    b = DemoSAC.load(tmp_path / "policy")
+    assert b.ibrl and b.bc_actor is not None
+    x = tr["obs"][:32]
+    np.testing.assert_allclose(
+        b.predict(x, deterministic=True)[0], a.predict(x, deterministic=True)[0], atol=1e-6
+    )
+    # one observation (not vectorised) gives one action
+    assert b.predict(x[0], deterministic=True)[0].shape == (1,)
