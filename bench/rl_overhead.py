@@ -16,6 +16,7 @@ max of ``--runs`` timed runs after a warm-up.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -30,19 +31,27 @@ from robo.rl.train import RLConfig, build  # noqa: E402
 from robo.shaping import ShapingConfig  # noqa: E402
 
 
-def step_ms(cfg: RLConfig, steps: int, runs: int) -> dict:
-    """Median ms per SAC training step (env step + ``utd`` gradient updates)."""
-    _, _, venv, algo = build(cfg)
-    algo.learning_starts = 0
-    algo.learn(100, progress_bar=False)  # warm-up: buffers, first episodes, JIT-free paths
-
-    def rate():
-        t = timed(lambda: algo.learn(steps, reset_num_timesteps=False, progress_bar=False))
-        return 1000.0 * t / steps
-
-    out = repeat(rate, runs=runs, warmup=0)
-    venv.close()
-    return out
+def step_times(cfgs: dict[str, RLConfig], steps: int, runs: int) -> dict[str, dict]:
+    """Median/min/max ms per SAC training step (env step + ``utd`` gradient updates) of each
+    setting. The settings are timed in turns within every round, so that a slow spell of a
+    shared machine hits them alike."""
+    setups = {}
+    for name, cfg in cfgs.items():
+        _, _, venv, algo = build(cfg)
+        algo.learning_starts = 0
+        algo.learn(100, progress_bar=False)  # warm-up: buffers, first episodes, worker start
+        setups[name] = (venv, algo)
+    times = {name: [] for name in cfgs}
+    for _ in range(runs):
+        for name, (_, algo) in setups.items():
+            t = timed(lambda a=algo: a.learn(steps, reset_num_timesteps=False, progress_bar=False))
+            times[name].append(1000.0 * t / steps)
+    for venv, _ in setups.values():
+        venv.close()
+    return {
+        name: {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": runs}
+        for name, v in times.items()
+    }
 
 
 def reward_parts_ms(cfg: RLConfig, runs: int, n: int = 100) -> dict:
@@ -84,7 +93,7 @@ def main() -> None:
     ap.add_argument("--model", default="runs/demo/grm/model", help="GRM folder")
     ap.add_argument("--utd", default="1,3", help="gradient steps per env step, comma-separated")
     ap.add_argument("--steps", type=int, default=500, help="SAC steps per timed run")
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -109,9 +118,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows = []
     for utd in [int(x) for x in args.utd.split(",")]:
-        sparse = step_ms(cfg("sparse", utd), args.steps, args.runs)
-        pbrs = step_ms(cfg("pbrs", utd), args.steps, args.runs)
-        deferred = step_ms(cfg("pbrs", utd, deferred=True), args.steps, args.runs)
+        t = step_times(
+            {
+                "sparse": cfg("sparse", utd),
+                "sync": cfg("pbrs", utd),
+                "deferred": cfg("pbrs", utd, deferred=True),
+            },
+            args.steps,
+            args.runs,
+        )
+        sparse, pbrs, deferred = t["sparse"], t["sync"], t["deferred"]
         rows.append(
             {
                 "utd": utd,

@@ -27,6 +27,7 @@ buffer would store the NaNs, so it keeps the synchronous wrapper.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -116,6 +117,9 @@ class _Worker:
 
 
 def _serve(remote, parent_remote, payload: CloudpickleWrapper) -> None:
+    # Mesa's software rasteriser would otherwise spread each frame over every core, onto
+    # the one the learner's gradient steps are using
+    os.environ.setdefault("LP_NUM_THREADS", "1")
     import robo  # noqa: F401  (torch._dynamo before Mesa's EGL, as in the main process)
 
     parent_remote.close()
