@@ -32,7 +32,29 @@ import numpy as np
 import torch as th
 import torch.nn.functional as F
 from stable_baselines3 import SAC
+from stable_baselines3.common.policies import ContinuousCritic
 from stable_baselines3.common.utils import polyak_update
+from stable_baselines3.sac.policies import SACPolicy
+from torch import nn
+
+
+class LayerNormSACPolicy(SACPolicy):
+    """SAC's policy with LayerNorm after every hidden layer of the critics (as in RLPD,
+    Ball et al. 2023): it bounds the Q-values the critic can extrapolate to actions far from
+    the data, which keeps a critic trained on few demonstrations from blowing up."""
+
+    def make_critic(self, features_extractor=None) -> ContinuousCritic:
+        critic = super().make_critic(features_extractor)
+        for idx, q_net in enumerate(critic.q_networks):
+            layers = []
+            for layer in q_net:
+                layers.append(layer)
+                if isinstance(layer, nn.Linear) and layer.out_features != 1:
+                    layers.append(nn.LayerNorm(layer.out_features))
+            normed = nn.Sequential(*layers).to(self.device)
+            critic.add_module(f"qf{idx}", normed)
+            critic.q_networks[idx] = normed
+        return critic
 
 
 class DemoSAC(SAC):

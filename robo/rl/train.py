@@ -75,6 +75,8 @@ class RLConfig:
     # proposes actions beside the RL actor; the critic picks the better one (acting and
     # in the TD target). Needs --demos and --bc_epochs > 0.
     ibrl: bool = False
+    # SAC: LayerNorm in the critics' hidden layers (RLPD).
+    critic_layernorm: bool = False
     # evaluate every this many env steps (20 deterministic episodes).
     eval_every: int = 2000
     eval_episodes: int = 20
@@ -213,7 +215,7 @@ def build(cfg: RLConfig):
     from stable_baselines3 import PPO
 
     from robo.deferred_reward import DeferredRewardReplayBuffer
-    from robo.rl.demosac import DemoSAC
+    from robo.rl.demosac import DemoSAC, LayerNormSACPolicy
 
     model = load_reward(cfg.reward)
     ctx = demo_context(cfg, model)
@@ -236,7 +238,7 @@ def build(cfg: RLConfig):
     if cfg.algo is Algo.sac:
         warm = bool(cfg.demos and cfg.bc_epochs)
         algo = DemoSAC(
-            "MlpPolicy",
+            LayerNormSACPolicy if cfg.critic_layernorm else "MlpPolicy",
             venv,
             learning_starts=0 if warm else 1000,
             demo_ratio=cfg.demo_ratio if warm else 0.0,

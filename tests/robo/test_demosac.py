@@ -170,3 +170,22 @@ def test_ibrl_policy_saves_and_loads_with_its_proposal(tmp_path):
     )
     # one observation (not vectorised) gives one action
     assert b.predict(x[0], deterministic=True)[0].shape == (1,)
+
+
+def test_layernorm_critic_trains_saves_and_loads(tmp_path):
+    from robo.rl.demosac import LayerNormSACPolicy
+
+    torch.manual_seed(0)
+    a = DemoSAC(LayerNormSACPolicy, Line(), learning_starts=0, seed=0)
+    for critic in (a.critic, a.critic_target):
+        assert [type(m).__name__ for m in critic.qf0].count("LayerNorm") == 2
+    norm = a.critic.qf0[1]
+    assert any(p is norm.weight for g in a.critic.optimizer.param_groups for p in g["params"])
+    before = norm.weight.detach().clone()
+    a.learn(60, progress_bar=False)
+    assert not torch.equal(before, norm.weight)  # the norms are trained with the critic
+    a.save(tmp_path / "ln")
+    b = DemoSAC.load(tmp_path / "ln")
+    x = torch.zeros(4, 1), torch.zeros(4, 1)
+    with torch.no_grad():
+        assert torch.allclose(b.critic(*x)[0], a.critic(*x)[0])
