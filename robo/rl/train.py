@@ -11,6 +11,11 @@ entropy coefficient starts small (``--init_ent_coef``) and the critic is pre-tra
 them with the actor frozen (``--critic_warmup``), so that the cloned policy is not torn
 down by a random critic when RL begins.
 
+With SAC and a reward that needs frames, rendering and scoring run in a worker process
+while the learner takes its gradient steps (``--deferred_reward``, see
+``robo.deferred_reward``); ``--ibrl`` and ``--critic_layernorm`` are optional additions to
+DemoSAC (``robo.rl.demosac``).
+
 Writes ``<out>/`` : TensorBoard logs, checkpoints, ``eval.json`` (success rate every
 ``eval_every`` steps, 20 deterministic episodes) and the final policy.
 """
