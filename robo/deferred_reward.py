@@ -186,6 +186,10 @@ class DeferredRewardVecEnv(VecEnv):
     """
 
     deferred_rewards = True
+    _DIED = (
+        "the reward worker process died (see its output above); re-run with "
+        "--deferred_reward false to get the error in this process"
+    )
 
     def __init__(
         self,
@@ -231,20 +235,23 @@ class DeferredRewardVecEnv(VecEnv):
     def _recv(self):
         try:
             msg = self.remote.recv()
-        except EOFError as exc:
-            raise RoboError(
-                "the reward worker process died (see its output above); re-run with "
-                "--deferred_reward false to get the error in this process"
-            ) from exc
+        except (EOFError, ConnectionResetError) as exc:
+            raise RoboError(self._DIED) from exc
         if msg[0] == "error":
             raise RoboError(f"reward worker: {msg[1]}")
         if msg[0] == "attr_error":
             raise AttributeError(msg[1])
         return msg
 
+    def _send(self, msg) -> None:
+        try:
+            self.remote.send(msg)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise RoboError(self._DIED) from exc
+
     def _call(self, *msg):
         self.flush()
-        self.remote.send(msg)
+        self._send(msg)
         return self._recv()
 
     def flush(self) -> np.ndarray | None:
@@ -272,7 +279,7 @@ class DeferredRewardVecEnv(VecEnv):
 
     def step_async(self, actions: np.ndarray) -> None:
         self.flush()
-        self.remote.send(("step", np.asarray(actions)))
+        self._send(("step", np.asarray(actions)))
 
     def step_wait(self):
         _, obs, env_rew, dones, infos, reset_infos = self._recv()

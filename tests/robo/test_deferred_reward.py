@@ -212,3 +212,16 @@ def test_sac_with_deferred_rewards_fills_every_reward_and_watches_a_step_late(tm
     assert summary["watched_episodes"] == 4  # 50 steps of 12-step episodes, the last one flushed
     assert np.isfinite(summary["progress_mae"])
     venv.close()
+
+
+def test_a_dead_worker_is_a_one_line_error_and_close_still_works():
+    from robo.errors import RoboError
+
+    venv = DeferredRewardVecEnv([env_fn(0)], tiny_model(), ShapingConfig(), CTX)
+    venv.reset()
+    venv.process.kill()
+    venv.process.join()
+    with pytest.raises(RoboError, match="reward worker process died"):
+        for _ in range(2):  # the first send may still fit in the pipe
+            venv.step(actions(1, 1)[0])
+    venv.close()
