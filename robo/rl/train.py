@@ -32,7 +32,7 @@ import torch
 
 from models.base import TaskContext
 from robo.errors import RoboError
-from robo.shaping import ShapingConfig, ShapingMode, check_model_views, make_reward_vec_env
+from robo.shaping import ShapingConfig, ShapingMode, make_reward_vec_env
 
 
 class Algo(StrEnum):
@@ -219,20 +219,15 @@ def build(cfg: RLConfig):
     """Reward model, shaped vec env and SB3 algorithm."""
     from stable_baselines3 import PPO
 
-    from robo.deferred_reward import DeferredRewardReplayBuffer
+    from robo.deferred_reward import DeferredRewardReplayBuffer, DeferredRewardVecEnv
     from robo.rl.demosac import DemoSAC, LayerNormSACPolicy
 
     model = load_reward(cfg.reward)
     ctx = demo_context(cfg, model)
     fns = [make_env_fn(cfg, model, cfg.seed + 1000 * k) for k in range(cfg.n_envs)]
-    if model.views:
-        probe = fns[0]()
-        check_model_views(model, probe)
-        probe.close()
+    # both wrappers check the model's views against the env's before anything runs
     deferred = cfg.deferred_reward and cfg.algo is Algo.sac and bool(model.views)
     if deferred:
-        from robo.deferred_reward import DeferredRewardVecEnv
-
         venv = DeferredRewardVecEnv(fns, model, cfg.shaping, ctx, threads=cfg.threads)
     else:
         venv = make_reward_vec_env(fns, model, cfg.shaping, ctx)
