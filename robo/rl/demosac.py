@@ -15,6 +15,10 @@ demonstrations are given:
   still poor.
 * **Critic-only updates** (``train(..., critic_only=True)``) for pre-training the critic on
   the demonstrations with the actor frozen before RL starts.
+* **Critic ensembles** (``n_critics`` in ``policy_kwargs``, ``critic_subset``), optional:
+  the TD target takes the minimum over a random subset of the ensemble (REDQ, Chen et al.
+  2021; RLPD), the actor maximises the ensemble's mean. With a higher update-to-data
+  ratio this keeps the critic's over-estimation in check while it learns from few samples.
 * **Imitation-bootstrapped RL** (``ibrl``, Hu et al. 2023), optional: a frozen copy of the
   cloned actor stays beside the RL actor. Every action, in training and evaluation, is
   whichever of the two proposals the critic rates higher, and the TD target bootstraps
@@ -68,9 +72,11 @@ class DemoSAC(SAC):
         q_normalize: bool = False,
         q_filter: bool = False,
         ibrl: bool = False,
+        critic_subset: int = 0,
         **kwargs,
     ):
         self.ibrl = bool(ibrl)
+        self.critic_subset = int(critic_subset)
         self.bc_actor = None
         super().__init__(*args, **kwargs)
         self.q_filter = bool(q_filter)
@@ -98,6 +104,9 @@ class DemoSAC(SAC):
     # ----------------------------------------------------------------- IBRL
     def _setup_model(self) -> None:
         super()._setup_model()
+        n = len(self.critic.q_networks)
+        if not 0 <= self.critic_subset <= n:
+            raise ValueError(f"critic_subset={self.critic_subset} must lie in [0, n_critics={n}]")
         if self.ibrl:  # the frozen proposal; load() restores its weights into it
             self.bc_actor = copy.deepcopy(self.actor).requires_grad_(False).eval()
 
@@ -113,12 +122,23 @@ class DemoSAC(SAC):
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "bc_actor"]
 
-    def _q_min(self, critic, obs: th.Tensor, act: th.Tensor) -> th.Tensor:
-        return th.cat(critic(obs, act), dim=1).min(dim=1, keepdim=True)[0]
+    def _q_value(self, critic, obs: th.Tensor, act: th.Tensor) -> th.Tensor:
+        """The critic's rating of an action for the actor and for IBRL's choice: the minimum
+        of a pair (SAC's clipped double Q), the mean of a larger ensemble (REDQ)."""
+        q = th.cat(critic(obs, act), dim=1)
+        return q.mean(dim=1, keepdim=True) if q.shape[1] > 2 else q.min(dim=1, keepdim=True)[0]
+
+    def _q_target(self, critic, obs: th.Tensor, act: th.Tensor) -> th.Tensor:
+        """Bootstrap value: the minimum over all critics, or over a random subset of them."""
+        q = th.cat(critic(obs, act), dim=1)
+        if 0 < self.critic_subset < q.shape[1]:
+            idx = th.randperm(q.shape[1], device=q.device)[: self.critic_subset]
+            q = q[:, idx]
+        return q.min(dim=1, keepdim=True)[0]
 
     def _select(self, obs: th.Tensor, a_rl: th.Tensor, a_bc: th.Tensor) -> th.Tensor:
         """Per row, the proposal the critic rates higher."""
-        use_bc = self._q_min(self.critic, obs, a_bc) > self._q_min(self.critic, obs, a_rl)
+        use_bc = self._q_value(self.critic, obs, a_bc) > self._q_value(self.critic, obs, a_rl)
         return th.where(use_bc, a_bc, a_rl)
 
     def predict(self, observation, state=None, episode_start=None, deterministic=False):
@@ -183,13 +203,11 @@ class DemoSAC(SAC):
 
             with th.no_grad():
                 next_actions, next_log_prob = self.actor.action_log_prob(nxt)
-                next_q = th.cat(self.critic_target(nxt, next_actions), dim=1).min(
-                    dim=1, keepdim=True
-                )[0]
+                next_q = self._q_target(self.critic_target, nxt, next_actions)
                 next_q = next_q - ent_coef * next_log_prob.reshape(-1, 1)
                 if self.ibrl:  # bootstrap from the better of the two proposals
                     next_bc = self.bc_actor(nxt, deterministic=True)
-                    next_q = th.maximum(next_q, self._q_min(self.critic_target, nxt, next_bc))
+                    next_q = th.maximum(next_q, self._q_target(self.critic_target, nxt, next_bc))
                 target_q = rew + (1 - done) * disc * next_q
             current_q = self.critic(obs, act)
             critic_loss = 0.5 * sum(F.mse_loss(q, target_q) for q in current_q)
@@ -199,7 +217,7 @@ class DemoSAC(SAC):
             self.critic.optimizer.step()
 
             if not critic_only:
-                q_pi = th.cat(self.critic(obs, actions_pi), dim=1).min(dim=1, keepdim=True)[0]
+                q_pi = self._q_value(self.critic, obs, actions_pi)
                 actor_loss = (ent_coef * log_prob - q_pi).mean()
                 if self.q_normalize and n_demo and self.bc_weight > 0:
                     # TD3+BC: the Q term in units of |Q|, so bc_weight means the same
@@ -210,10 +228,8 @@ class DemoSAC(SAC):
                     err = ((mu - act[:n_demo]) ** 2).mean(dim=1, keepdim=True)
                     if self.q_filter:  # clone a demo action only where the critic rates it higher
                         with th.no_grad():
-                            q_demo = th.cat(self.critic(obs[:n_demo], act[:n_demo]), 1).min(
-                                1, keepdim=True
-                            )[0]
-                            q_mu = th.cat(self.critic(obs[:n_demo], mu), 1).min(1, keepdim=True)[0]
+                            q_demo = self._q_value(self.critic, obs[:n_demo], act[:n_demo])
+                            q_mu = self._q_value(self.critic, obs[:n_demo], mu)
                         err = err * (q_demo > q_mu).float()
                     bc = err.mean()
                     actor_loss = actor_loss + self.bc_weight * bc

@@ -13,7 +13,8 @@ down by a random critic when RL begins.
 
 With SAC and a reward that needs frames, rendering and scoring run in a worker process
 while the learner takes its gradient steps (``--deferred_reward``, see
-``robo.deferred_reward``); ``--ibrl`` and ``--critic_layernorm`` are optional additions to
+``robo.deferred_reward``); ``--ibrl``, ``--critic_layernorm`` and critic ensembles (``--n_critics``,
+``--critic_subset``) are optional additions to
 DemoSAC (``robo.rl.demosac``).
 
 Writes ``<out>/`` : TensorBoard logs, checkpoints, ``eval.json`` (success rate every
@@ -82,6 +83,10 @@ class RLConfig:
     ibrl: bool = False
     # SAC: LayerNorm in the critics' hidden layers (RLPD).
     critic_layernorm: bool = False
+    # SAC: critics in the ensemble (2: SAC's pair). With more, the actor maximises their mean.
+    n_critics: int = 2
+    # SAC: critics whose minimum is the TD target, drawn at random each update (REDQ; 0: all).
+    critic_subset: int = 0
     # evaluate every this many env steps (20 deterministic episodes).
     eval_every: int = 2000
     eval_episodes: int = 20
@@ -112,6 +117,11 @@ class RLConfig:
             raise RoboError(f"--target_entropy {self.target_entropy!r}: use bc or auto")
         if self.bc_std <= 0 or self.init_ent_coef <= 0 or self.utd < 1:
             raise RoboError("--bc_std and --init_ent_coef must be positive and --utd at least 1")
+        if self.n_critics < 1 or not 0 <= self.critic_subset <= self.n_critics:
+            raise RoboError(
+                f"--n_critics {self.n_critics} must be at least 1 and --critic_subset "
+                f"{self.critic_subset} lie in [0, n_critics]"
+            )
 
     def validate(self) -> None:
         """Checks that depend on the combination of reward and shaping (run before training)."""
@@ -245,6 +255,8 @@ def build(cfg: RLConfig):
             bc_weight=cfg.bc_weight if warm else 0.0,
             q_filter=cfg.q_filter,
             ibrl=cfg.ibrl and warm,
+            critic_subset=cfg.critic_subset,
+            policy_kwargs={"n_critics": cfg.n_critics},
             ent_coef=f"auto_{cfg.init_ent_coef}" if warm else "auto",
             gradient_steps=cfg.utd,
             **({"replay_buffer_class": DeferredRewardReplayBuffer} if deferred else {}),

@@ -143,7 +143,7 @@ def test_ibrl_acts_with_the_proposal_the_critic_rates_higher():
     chosen, _ = a.predict(tr["obs"][:64], deterministic=True)
     with torch.no_grad():
         a_rl, a_bc = a.actor(obs, True), a.bc_actor(obs, True)
-        q_rl, q_bc = a._q_min(a.critic, obs, a_rl), a._q_min(a.critic, obs, a_bc)
+        q_rl, q_bc = a._q_value(a.critic, obs, a_rl), a._q_value(a.critic, obs, a_bc)
     expected = torch.where(q_bc > q_rl, a_bc, a_rl).numpy()
     np.testing.assert_allclose(chosen, expected, atol=1e-6)
     assert 0 < (q_bc > q_rl).float().mean() < 1 or not np.allclose(a_rl, a_bc)
@@ -189,3 +189,38 @@ def test_layernorm_critic_trains_saves_and_loads(tmp_path):
     x = torch.zeros(4, 1), torch.zeros(4, 1)
     with torch.no_grad():
         assert torch.allclose(b.critic(*x)[0], a.critic(*x)[0])
+
+
+def test_critic_ensemble_target_is_the_min_of_a_random_subset(tmp_path):
+    torch.manual_seed(0)
+    a = DemoSAC(
+        "MlpPolicy",
+        Line(),
+        learning_starts=0,
+        seed=0,
+        critic_subset=2,
+        policy_kwargs={"n_critics": 5},
+    )
+    assert len(a.critic.q_networks) == 5
+    obs = torch.as_tensor(demos(64)["obs"])
+    act = torch.zeros(64, 1)
+    q = torch.cat(a.critic(obs, act), dim=1)
+    # the actor's value is the ensemble mean; the target the minimum of 2 of the 5
+    assert torch.allclose(a._q_value(a.critic, obs, act), q.mean(1, keepdim=True))
+    subsets = set()
+    for _ in range(40):
+        t = a._q_target(a.critic, obs, act)
+        cols = [i for i in range(5) if torch.all(t[:, 0] <= q[:, i] + 1e-6)]
+        assert cols and torch.all(t >= q.min(1, keepdim=True)[0] - 1e-6)
+        subsets.add(tuple(t[:3, 0].tolist()))
+    assert len(subsets) > 1  # a different subset on different updates
+    a.set_demos(demos())
+    a.learn(20, progress_bar=False)  # ensemble updates run
+    a.save(tmp_path / "p")
+    b = DemoSAC.load(tmp_path / "p")
+    assert len(b.critic.q_networks) == 5 and b.critic_subset == 2
+
+
+def test_critic_subset_larger_than_the_ensemble_is_an_error():
+    with pytest.raises(ValueError, match="critic_subset"):
+        DemoSAC("MlpPolicy", Line(), critic_subset=3)
