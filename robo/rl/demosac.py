@@ -19,6 +19,10 @@ demonstrations are given:
   the TD target takes the minimum over a random subset of the ensemble (REDQ, Chen et al.
   2021; RLPD), the actor maximises the ensemble's mean. With a higher update-to-data
   ratio this keeps the critic's over-estimation in check while it learns from few samples.
+* **Bounded TD targets** (``q_bounds``), optional: the target is clipped to the range the
+  discounted return can take. With sparse or potential-shaped rewards that range is known
+  (the shaping terms telescope), and clipping to it stops the critic's extrapolation from
+  feeding on itself at high update-to-data ratios.
 * **Imitation-bootstrapped RL** (``ibrl``, Hu et al. 2023), optional: a frozen copy of the
   cloned actor stays beside the RL actor. Every action, in training and evaluation, is
   whichever of the two proposals the critic rates higher, and the TD target bootstraps
@@ -73,8 +77,12 @@ class DemoSAC(SAC):
         q_filter: bool = False,
         ibrl: bool = False,
         critic_subset: int = 0,
+        q_bounds: tuple[float, float] | None = None,
         **kwargs,
     ):
+        if q_bounds is not None and not q_bounds[0] < q_bounds[1]:
+            raise ValueError(f"q_bounds={q_bounds} must be (low, high) with low < high")
+        self.q_bounds = None if q_bounds is None else (float(q_bounds[0]), float(q_bounds[1]))
         self.ibrl = bool(ibrl)
         self.critic_subset = int(critic_subset)
         self.bc_actor = None
@@ -209,6 +217,8 @@ class DemoSAC(SAC):
                     next_bc = self.bc_actor(nxt, deterministic=True)
                     next_q = th.maximum(next_q, self._q_target(self.critic_target, nxt, next_bc))
                 target_q = rew + (1 - done) * disc * next_q
+                if self.q_bounds is not None:
+                    target_q = target_q.clamp(*self.q_bounds)
             current_q = self.critic(obs, act)
             critic_loss = 0.5 * sum(F.mse_loss(q, target_q) for q in current_q)
             critic_losses.append(critic_loss.item())

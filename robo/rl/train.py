@@ -33,7 +33,7 @@ import torch
 
 from models.base import TaskContext
 from robo.errors import RoboError
-from robo.shaping import ShapingConfig, ShapingMode, make_reward_vec_env
+from robo.shaping import ShapingConfig, ShapingMode, SuccessSource, make_reward_vec_env
 
 
 class Algo(StrEnum):
@@ -83,6 +83,9 @@ class RLConfig:
     ibrl: bool = False
     # SAC: LayerNorm in the critics' hidden layers (RLPD).
     critic_layernorm: bool = False
+    # SAC: clip TD targets to the range the return can take (sparse: [0, bonus]; pbrs with
+    # a potential in [0, 1]: [-1, bonus + 1]; other modes are not clipped).
+    q_clip: bool = False
     # SAC: critics in the ensemble (2: SAC's pair). With more, the actor maximises their mean.
     n_critics: int = 2
     # SAC: critics whose minimum is the TD target, drawn at random each update (REDQ; 0: all).
@@ -182,6 +185,26 @@ class PrivilegedPotential(_NoModel):
     reads_info = True
 
 
+def return_bounds(shaping: ShapingConfig) -> tuple[float, float] | None:
+    """Range of the discounted return under this shaping, or None where it is unbounded.
+
+    Sparse: the success bonus once (training envs terminate on the env's success). pbrs:
+    the shaping terms telescope to ``gamma^T Phi(s_T) - Phi(s_0)``, within [-1, 1] for a
+    potential in [0, 1], plus the bonus. With the model's success detection as the gold
+    signal the episode does not end on it, so the bonus may recur: ``bonus / (1 - gamma)``.
+    """
+    recurs = shaping.success_source is not SuccessSource.env
+    if recurs and shaping.gamma >= 1.0:
+        return None
+    times = 1.0 / (1.0 - shaping.gamma) if recurs else 1.0
+    lo, hi = min(shaping.success_bonus, 0.0) * times, max(shaping.success_bonus, 0.0) * times
+    if shaping.mode is ShapingMode.sparse:
+        return (lo, hi) if lo < hi else None
+    if shaping.mode is ShapingMode.pbrs:
+        return (lo - 1.0, hi + 1.0)
+    return None
+
+
 def load_reward(spec: str):
     if spec == "none":
         return _NoModel()
@@ -256,6 +279,7 @@ def build(cfg: RLConfig):
             q_filter=cfg.q_filter,
             ibrl=cfg.ibrl and warm,
             critic_subset=cfg.critic_subset,
+            q_bounds=return_bounds(cfg.shaping) if cfg.q_clip else None,
             policy_kwargs={"n_critics": cfg.n_critics},
             ent_coef=f"auto_{cfg.init_ent_coef}" if warm else "auto",
             gradient_steps=cfg.utd,

@@ -224,3 +224,21 @@ def test_critic_ensemble_target_is_the_min_of_a_random_subset(tmp_path):
 def test_critic_subset_larger_than_the_ensemble_is_an_error():
     with pytest.raises(ValueError, match="critic_subset"):
         DemoSAC("MlpPolicy", Line(), critic_subset=3)
+
+
+def test_bounded_td_targets_keep_the_critic_within_the_return_range():
+    torch.manual_seed(0)
+    tr = demos()
+    tr["rew"] = np.full(len(tr["obs"]), 5.0, np.float32)  # would drive Q towards 5 / (1 - gamma)
+    tr["done"] = np.zeros(len(tr["obs"]), bool)
+    qs = {}
+    for bounds in (None, (-1.0, 2.0)):
+        a = DemoSAC("MlpPolicy", Line(), learning_starts=0, seed=0, q_bounds=bounds)
+        a.set_demos(tr)
+        pretrain_critic(a, 300)
+        with torch.no_grad():
+            obs = torch.as_tensor(tr["obs"][:64])
+            qs[bounds] = torch.cat(a.critic(obs, a.actor(obs, True)), 1).max().item()
+    assert qs[(-1.0, 2.0)] < 2.5 < qs[None]
+    with pytest.raises(ValueError, match="q_bounds"):
+        DemoSAC("MlpPolicy", Line(), q_bounds=(1.0, 1.0))

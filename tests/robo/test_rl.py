@@ -129,6 +129,7 @@ def test_ppo_sparse_without_a_model(tmp_path):
         (["--shaping.mode", "pbrs"], "needs a reward model"),
         (["--shaping.gamma", "1.5"], "gamma"),
         (["--algo", "dqn"], "algo"),
+        (["--n_critics", "2", "--critic_subset", "3"], "critic_subset"),
     ],
 )
 def test_bad_input_before_training(args, message, capsys, tmp_path):
@@ -229,3 +230,16 @@ def test_every_shipped_compare_config_parses_and_validates(path):
 
     cfg = draccus.parse(CompareConfig, config_path=path, args=[])
     assert cfg.conditions and cfg.run.env
+
+
+def test_return_bounds_by_shaping():
+    from robo.rl.train import return_bounds
+    from robo.shaping import ShapingConfig
+
+    assert return_bounds(ShapingConfig(mode="sparse")) == (0.0, 1.0)
+    assert return_bounds(ShapingConfig(mode="pbrs", success_bonus=2.0)) == (-1.0, 3.0)
+    # the model's success detection does not end the episode: the bonus may recur
+    lo, hi = return_bounds(ShapingConfig(mode="pbrs", success_source="model", gamma=0.9))
+    assert lo == -1.0 and hi == pytest.approx(11.0)
+    assert return_bounds(ShapingConfig(mode="naive")) is None
+    assert return_bounds(ShapingConfig(mode="oracle")) is None
