@@ -77,12 +77,24 @@ def test_sac_pbrs_with_warm_start(demos_and_model, tmp_path):
                 "5",
                 "--max_episode_steps",
                 "30",
+                "--q_clip",
+                "true",
+                "--n_critics",
+                "3",
+                "--critic_subset",
+                "2",
+                "--ibrl",
+                "true",
                 "--out",
                 str(out),
             ]
         )
         == 0
     )
+    from robo.rl.demosac import DemoSAC
+
+    policy = DemoSAC.load(out / "final_policy")
+    assert tuple(policy.q_bounds) == (-1.0, 2.0) and len(policy.critic.q_networks) == 3
     summary = json.loads((out / "summary.json").read_text())
     assert summary["warm_start"]["transitions"] > 0
     assert summary["warm_start"]["demo_transitions_in_batches"] > 0
