@@ -13,9 +13,9 @@ down by a random critic when RL begins.
 
 With SAC and a reward that needs frames, rendering and scoring run in a worker process
 while the learner takes its gradient steps (``--deferred_reward``, see
-``robo.deferred_reward``); ``--ibrl``, ``--critic_layernorm`` and critic ensembles (``--n_critics``,
-``--critic_subset``) are optional additions to
-DemoSAC (``robo.rl.demosac``).
+``robo.deferred_reward``); ``--ibrl``, ``--critic_layernorm``, critic ensembles
+(``--n_critics``, ``--critic_subset``) and TD targets bounded to the return's range
+(``--q_clip``, see ``return_bounds``) are optional additions to DemoSAC (``robo.rl.demosac``).
 
 Writes ``<out>/`` : TensorBoard logs, checkpoints, ``eval.json`` (success rate every
 ``eval_every`` steps, 20 deterministic episodes) and the final policy.
