@@ -13,6 +13,11 @@ Meta-World alike:
 ``undo``            the expert until success, then its motion replayed in reverse
                     (picking then carrying back, opening then closing)
 ``half``            the expert until about half of the task is done, then frozen
+``recover[:<n>]``   the expert with ``n`` (default 1) scripted slips mid-task (the gripper
+                    opens, the tool is knocked aside), each followed by the expert's own
+                    recovery: it grasps again and finishes. A demonstration for RL that
+                    covers the states a learning policy fails in; the slip steps are
+                    listed in ``extra["perturbed"]`` so that behaviour cloning skips them
 ``random-freeze``   temporally smoothed random actions for a while, then frozen
 ==================  ==========================================================================
 """
@@ -26,7 +31,15 @@ import numpy as np
 
 from sim.base import SimError
 
-POLICY_NAMES = ("expert", "noisy:<sigma>", "near-miss", "undo", "half", "random-freeze")
+POLICY_NAMES = (
+    "expert",
+    "noisy:<sigma>",
+    "near-miss",
+    "undo",
+    "half",
+    "random-freeze",
+    "recover[:<n>]",
+)
 
 
 def outcome_of(success: np.ndarray, progress: np.ndarray, partial_threshold: float = 0.3) -> str:
@@ -47,10 +60,12 @@ class RolloutPolicy:
         self.done = False
         self._grip = -1.0
         self._freeze_left = 0
+        self.extra: dict[str, Any] = {}
 
     def reset(self) -> None:
         self.done = False
         self._grip = -1.0
+        self.extra = {}
 
     def act(self, obs, info: dict[str, Any]) -> np.ndarray:
         raise NotImplementedError
@@ -143,6 +158,63 @@ class NearMissRollout(ExpertRollout):
         return self._freeze()
 
 
+class RecoverRollout(ExpertRollout):
+    """The expert, knocked off its task ``n_slips`` times mid-task, recovering each time.
+
+    Each slip is triggered, like the near-miss slip, at a random point of a random stage
+    between the second and the second-to-last (for pick-and-place: while lifting or carrying
+    the cube); for 3-6 steps the gripper opens and the tool is pushed aside, then the expert
+    is reset and takes over from wherever the object fell. The slip steps' indices go into
+    ``extra["perturbed"]``: the transitions are real, but their actions are not the expert's.
+    """
+
+    def __init__(self, env, rng, n_slips: int = 1):
+        super().__init__(env, rng)
+        if not 1 <= n_slips <= 5:
+            raise SimError(
+                f"recover:{n_slips}: the number of slips must lie in 1..5, e.g. recover:1"
+            )
+        self.n_slips = int(n_slips)
+        self.name = "recover" if n_slips == 1 else f"recover:{n_slips}"
+
+    def reset(self) -> None:
+        super().reset()
+        self.slips_left = self.n_slips
+        self.slip_left = 0
+        self.t = 0
+        self.extra = {"perturbed": []}
+        self._arm()
+
+    def _arm(self) -> None:
+        """Choose where the next slip happens."""
+        n = self.env.unwrapped.num_stages
+        lo, hi = (1, n - 2) if n >= 3 else (n - 1, n - 1)
+        self.trigger_stage = int(self.rng.integers(lo, hi + 1))
+        self.trigger_at = (self.trigger_stage + self.rng.uniform(0.2, 0.8)) / n
+        angle = self.rng.uniform(0, 2 * np.pi)
+        self.slip_dir = np.array([np.cos(angle), np.sin(angle), 0.5])
+        self.slip_steps = int(self.rng.integers(3, 7))
+
+    def act(self, obs, info):
+        t, self.t = self.t, self.t + 1
+        if self.slip_left == 0 and self.slips_left > 0 and not info.get("success"):
+            if (
+                info["stage"] >= self.trigger_stage
+                and info["privileged_progress"] >= self.trigger_at
+            ):
+                self.slips_left -= 1
+                self.slip_left = self.slip_steps
+        if self.slip_left > 0:
+            self.slip_left -= 1
+            self.extra["perturbed"].append(t)
+            if self.slip_left == 0:
+                self.expert.reset()  # take over from the new state
+                if self.slips_left > 0:
+                    self._arm()
+            return self._remember(np.append(0.8 * self.slip_dir, -1.0))
+        return super().act(obs, info)
+
+
 class UndoRollout(ExpertRollout):
     """The expert to success, then its own motion replayed backwards (progress undone)."""
 
@@ -209,6 +281,16 @@ class RandomFreezeRollout(RolloutPolicy):
 def make_policy(spec: str, env, rng: np.random.Generator) -> RolloutPolicy:
     """Build a rollout policy from its spec (see module docstring)."""
     spec = spec.strip()
+    if spec.startswith("recover"):
+        _, _, n = spec.partition(":")
+        try:
+            return RecoverRollout(env, rng, int(n or 1))
+        except ValueError as e:
+            if isinstance(e, SimError):
+                raise
+            raise SimError(
+                f"bad slip count in policy {spec!r}: use recover:<n>, e.g. recover:2"
+            ) from None
     if spec.startswith("noisy"):
         _, _, sigma = spec.partition(":")
         try:
@@ -300,4 +382,5 @@ def run_rollout(
         policy=policy.name,
         outcome=outcome_of(success, progress),
         task=u.task_text,
+        extra=dict(policy.extra),
     )

@@ -107,6 +107,8 @@ class DemoSAC(SAC):
             "rew": t(tr["rew"]).reshape(-1, 1),
             "next": t(tr["next"]),
             "done": t(tr["done"]).reshape(-1, 1),
+            # 1 where the action is the expert's: the BC term skips scripted slips
+            "clone": t(tr.get("clone", np.ones(len(act)))).reshape(-1, 1),
         }
 
     # ----------------------------------------------------------------- IBRL
@@ -161,14 +163,16 @@ class DemoSAC(SAC):
 
     # ----------------------------------------------------------------- batches and updates
     def _batch(self, batch_size: int, critic_only: bool):
-        """(obs, act, rew, next, done, discount, n_demo): demos first, then replay."""
-        n_demo = 0
+        """(obs, act, rew, next, done, discount, n_demo, clone): demos first, then replay;
+        ``clone`` (n_demo, 1) weights the demo rows in the BC term."""
+        n_demo, clone = 0, None
         if self.demos is not None:
             n_demo = batch_size if critic_only else int(round(batch_size * self.demo_ratio))
         parts = []
         if n_demo:
             idx = th.randint(len(self.demos["obs"]), (n_demo,), device=self.device)
             d = self.demos
+            clone = d["clone"][idx]
             disc = th.full((n_demo, 1), self.gamma, device=self.device)
             parts.append(
                 (d["obs"][idx], d["act"][idx], d["rew"][idx], d["next"][idx], d["done"][idx], disc)
@@ -183,7 +187,7 @@ class DemoSAC(SAC):
             )
             parts.append((r.observations, r.actions, r.rewards, r.next_observations, r.dones, disc))
         cols = [th.cat([p[i] for p in parts]) for i in range(6)]
-        return (*cols, n_demo)
+        return (*cols, n_demo, clone)
 
     def train(self, gradient_steps: int, batch_size: int = 64, critic_only: bool = False) -> None:
         self.policy.set_training_mode(True)
@@ -193,7 +197,7 @@ class DemoSAC(SAC):
         self._update_learning_rate(optimizers)
         actor_losses, critic_losses, bc_losses, ent_coefs = [], [], [], []
         for step in range(gradient_steps):
-            obs, act, rew, nxt, done, disc, n_demo = self._batch(batch_size, critic_only)
+            obs, act, rew, nxt, done, disc, n_demo, clone = self._batch(batch_size, critic_only)
             actions_pi, log_prob = self.actor.action_log_prob(obs)
             log_prob = log_prob.reshape(-1, 1)
             if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
@@ -241,7 +245,7 @@ class DemoSAC(SAC):
                             q_demo = self._q_value(self.critic, obs[:n_demo], act[:n_demo])
                             q_mu = self._q_value(self.critic, obs[:n_demo], mu)
                         err = err * (q_demo > q_mu).float()
-                    bc = err.mean()
+                    bc = (err * clone).sum() / clone.sum().clamp(min=1.0)
                     actor_loss = actor_loss + self.bc_weight * bc
                     bc_losses.append(bc.item())
                 actor_losses.append(actor_loss.item())

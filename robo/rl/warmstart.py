@@ -13,16 +13,33 @@ from robo.shaping import shaped_reward
 log = logging.getLogger(__name__)
 
 
+def is_demo(meta) -> bool:
+    """Whether an episode demonstrates the task for RL: the expert's, or the expert's with
+    scripted slips and recoveries (``recover``) that ended in success."""
+    return meta.policy == "expert" or (
+        meta.policy.startswith("recover") and meta.outcome == "success"
+    )
+
+
 def load_demos(url: str, model) -> list:
     from robo.store import EpisodeStore
 
     store = EpisodeStore.open(url)
-    demos = [
-        store.episode(i) for i in range(len(store)) if store.episode_meta(i).policy == "expert"
-    ]
+    demos = [store.episode(i) for i in range(len(store)) if is_demo(store.episode_meta(i))]
     if not demos:
-        raise RoboError(f"{url} has no expert demonstrations for the warm start")
+        raise RoboError(
+            f"{url} has no expert demonstrations for the warm start: record some with "
+            "`robo collect --policy expert` (or `--policy recover`)"
+        )
     return demos, store.views
+
+
+def clone_mask(ep) -> np.ndarray:
+    """Per transition of a demo, whether its action is the expert's (False on scripted slips)."""
+    mask = np.ones(len(ep) - 1, bool)
+    perturbed = np.asarray(ep.extra.get("perturbed", []), int)
+    mask[perturbed[perturbed < len(mask)]] = False
+    return mask
 
 
 def behaviour_clone(
@@ -66,8 +83,12 @@ def behaviour_clone(
 
 
 def demo_transitions(demos, views, model, ctx, cfg) -> dict:
-    """(obs, action, reward, next_obs, done) of all demos, rewarded by the run's shaping."""
-    rows = {k: [] for k in ("obs", "act", "rew", "next", "done")}
+    """(obs, action, reward, next_obs, done, clone) of all demos, rewarded by the run's shaping.
+
+    ``clone`` marks the transitions whose action is the expert's: behaviour cloning fits only
+    those, while the critic learns from all of them (a recovery demo's slip is a real
+    transition into a state the policy must recover from)."""
+    rows = {k: [] for k in ("obs", "act", "rew", "next", "done", "clone")}
     for ep in demos:
         T = len(ep)
         if getattr(model, "reads_info", False):  # privileged potential (evaluation only)
@@ -95,6 +116,7 @@ def demo_transitions(demos, views, model, ctx, cfg) -> dict:
         rows["rew"].append(r)
         rows["next"].append(ep.states[1:])
         rows["done"].append(terminated)
+        rows["clone"].append(clone_mask(ep))
     return {k: np.concatenate(v) for k, v in rows.items()}
 
 
@@ -132,10 +154,18 @@ def warm_start(cfg, algo, model, ctx) -> dict:
     """BC the actor; for SAC also hand the demonstrations to the algorithm and pre-train the critic."""
     demos, views = load_demos(cfg.demos, model)
     tr = demo_transitions(demos, views, model, ctx, cfg)
-    loss = behaviour_clone(algo.policy, tr["obs"], tr["act"], cfg.bc_epochs, std=cfg.bc_std)
+    clone = tr["clone"]
+    loss = behaviour_clone(
+        algo.policy, tr["obs"][clone], tr["act"][clone], cfg.bc_epochs, std=cfg.bc_std
+    )
     if hasattr(algo, "freeze_bc_actor"):  # DemoSAC with IBRL: the clone stays as a proposal
         algo.freeze_bc_actor()
-    info = {"demos": len(demos), "transitions": len(tr["obs"]), "bc_loss": round(loss, 5)}
+    info = {
+        "demos": len(demos),
+        "transitions": len(tr["obs"]),
+        "cloned_transitions": int(clone.sum()),
+        "bc_loss": round(loss, 5),
+    }
     if hasattr(algo, "set_demos"):  # DemoSAC: demos mixed into every batch, critic pre-trained
         algo.set_demos(tr)
         if cfg.target_entropy == "bc":

@@ -87,12 +87,36 @@ def test_demo_share_of_batches():
     a = DemoSAC("MlpPolicy", Line(), learning_starts=0, seed=0, demo_ratio=0.5)
     a.set_demos(demos(50))
     a.learn(10)
-    *_, n_demo = a._batch(64, critic_only=False)
-    assert n_demo == 32
-    *_, n_all = a._batch(64, critic_only=True)
+    *_, n_demo, clone = a._batch(64, critic_only=False)
+    assert n_demo == 32 and clone.shape == (32, 1) and bool((clone == 1).all())
+    *_, n_all, _ = a._batch(64, critic_only=True)
     assert n_all == 64
     with pytest.raises(ValueError, match="demo_ratio"):
         DemoSAC("MlpPolicy", Line(), demo_ratio=1.0)
+
+
+def test_bc_term_skips_demo_rows_not_marked_for_cloning():
+    """Rows whose action is not the expert's (a recovery demo's scripted slip) are in the
+    critic's batches but not cloned: with half the demos' actions replaced by junk (+1
+    everywhere) and masked out, the actor still follows the expert (-2x); unmasked, the
+    junk pulls it off."""
+    tr = demos(400)
+    junk = dict(tr, act=tr["act"].copy())
+    junk["act"][::2] = 1.0
+    errs = {}
+    for masked in (True, False):
+        torch.manual_seed(0)
+        a = DemoSAC(
+            "MlpPolicy", Line(), learning_starts=0, seed=0, ent_coef="auto_0.01", bc_weight=10.0
+        )
+        clone = np.ones(len(tr["obs"]), bool)
+        if masked:
+            clone[::2] = False
+        a.set_demos(dict(junk, clone=clone))
+        a.learn(400)
+        pred, _ = a.predict(tr["obs"], deterministic=True)
+        errs[masked] = float(np.abs(pred - tr["act"]).mean())
+    assert errs[True] < 0.25 < errs[False]
 
 
 class _PreferSmallActions(torch.nn.Module):
@@ -242,3 +266,33 @@ def test_bounded_td_targets_keep_the_critic_within_the_return_range():
     assert qs[(-1.0, 2.0)] < 2.5 < qs[None]
     with pytest.raises(ValueError, match="q_bounds"):
         DemoSAC("MlpPolicy", Line(), q_bounds=(1.0, 1.0))
+
+
+def test_recovery_demos_feed_the_critic_and_clone_only_expert_actions(tmp_path):
+    """A store of an expert demo, a recovery demo and a non-demo rollout: the warm start
+    takes the two demos, all their transitions go to the critic, and the recovery demo's
+    slip steps are left out of cloning."""
+    from robo.cli import main
+    from robo.rl.train import RLConfig, _NoModel
+    from robo.rl.warmstart import demo_transitions, load_demos
+    from robo.store import EpisodeStore
+
+    out = str(tmp_path / "pp")
+    for policy in ("expert", "recover", "half"):
+        args = ["collect", "--env", "tabletop/pick-place-v0", "--episodes", "1"]
+        assert (
+            main([*args, "--size", "24", "--views", "front", "--policy", policy, "--out", out]) == 0
+        )
+    store = EpisodeStore.open(out)
+    slips = store.episode(1).extra["perturbed"]
+    assert len(slips) >= 3
+    eps, views = load_demos(out, _NoModel())
+    assert [e.policy for e in eps] == ["expert", "recover"]
+    tr = demo_transitions(eps, views, _NoModel(), None, RLConfig(env="tabletop/pick-place-v0"))
+    n_expert, n_recover = len(eps[0]) - 1, len(eps[1]) - 1
+    assert len(tr["obs"]) == len(tr["clone"]) == n_expert + n_recover
+    assert tr["clone"][:n_expert].all()
+    assert np.flatnonzero(~tr["clone"]).tolist() == [n_expert + t for t in slips]
+    assert tr["done"].sum() == 2  # both demos end in success
+    succ = np.concatenate([e.success[1:] for e in eps])
+    np.testing.assert_array_equal(tr["rew"] > 0, succ)  # sparse reward by default

@@ -66,6 +66,20 @@ def test_noisy_rollout_differs_from_expert_and_is_seeded():
     assert not np.allclose(a.actions[:n], e.actions[:n])
 
 
+@pytest.mark.parametrize("spec,slips", [("recover", 1), ("recover:2", 2)])
+def test_recover_drops_the_cube_and_the_expert_grasps_it_again(spec, slips):
+    r = rollout("tabletop/pick-place-v0", spec, seed=3)
+    assert r.outcome == "success" and r.policy == spec
+    perturbed = np.asarray(r.extra["perturbed"])
+    assert 3 * slips <= len(perturbed) <= 6 * slips
+    assert np.all(r.actions[perturbed, 3] == -1.0)  # the gripper opens on every slip step
+    # the grasp is lost (back to the reach stage) after each slip and regained later
+    drops = np.flatnonzero((r.stage[1:] == 0) & (r.stage[:-1] >= 1))
+    assert len(drops) == slips
+    assert r.stage[-1] == 3
+    assert len(r) > len(rollout("tabletop/pick-place-v0", "expert", seed=3))
+
+
 def test_bad_policy_specs():
     env = sim.make("tabletop/push-v0")
     rng = np.random.default_rng(0)
@@ -75,3 +89,7 @@ def test_bad_policy_specs():
         make_policy("noisy:abc", env, rng)
     with pytest.raises(SimError, match="sigma"):
         make_policy("noisy:-1", env, rng)
+    with pytest.raises(SimError, match="recover:<n>"):
+        make_policy("recover:x", env, rng)
+    with pytest.raises(SimError, match="1..5"):
+        make_policy("recover:0", env, rng)
