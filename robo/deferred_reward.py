@@ -31,7 +31,7 @@ import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.vec_env import CloudpickleWrapper, VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices
 
@@ -359,12 +359,22 @@ class DeferredRewardReplayBuffer(ReplayBuffer):
         else:
             self.rewards[pos] = rewards
 
+    def _blocked(self, upper: int) -> np.ndarray:
+        """Positions not to sample: those whose reward is due and, with n-step returns,
+        the n - 1 before each of them (their returns would read the missing reward)."""
+        due = np.fromiter(self._due.values(), int, len(self._due))
+        n = int(getattr(self, "n_steps", 1))
+        if n > 1 and len(due):
+            due = (due[:, None] - np.arange(n)[None, :]).ravel() % self.buffer_size
+            due = np.unique(due[due < upper])
+        return due
+
     def sample(self, batch_size: int, env=None):
         upper = self.buffer_size if self.full else self.pos
-        due = np.fromiter(self._due.values(), int, len(self._due))
+        due = self._blocked(upper)
         if upper - len(due) < 1 and self.on_starved is not None:
             self.on_starved()
-            due = np.fromiter(self._due.values(), int, len(self._due))
+            due = self._blocked(upper)
         valid = upper - len(due)
         if valid < 1:
             raise RuntimeError("no transition with a known reward to sample from")
@@ -373,3 +383,8 @@ class DeferredRewardReplayBuffer(ReplayBuffer):
         for d in np.sort(due):
             inds[inds >= d] += 1
         return self._get_samples(inds, env=env)
+
+
+class DeferredNStepReplayBuffer(DeferredRewardReplayBuffer, NStepReplayBuffer):
+    """The deferred-reward buffer with SB3's n-step returns (``n_steps``, ``gamma``): a
+    transition is sampled only once the rewards of all n steps it sums are in."""

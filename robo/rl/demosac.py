@@ -107,6 +107,8 @@ class DemoSAC(SAC):
             "rew": t(tr["rew"]).reshape(-1, 1),
             "next": t(tr["next"]),
             "done": t(tr["done"]).reshape(-1, 1),
+            # discount of the bootstrapped value (gamma^n for n-step returns)
+            "disc": t(tr.get("disc", np.full(len(act), self.gamma))).reshape(-1, 1),
             # 1 where the action is the expert's: the BC term skips scripted slips
             "clone": t(tr.get("clone", np.ones(len(act)))).reshape(-1, 1),
         }
@@ -173,7 +175,7 @@ class DemoSAC(SAC):
             idx = th.randint(len(self.demos["obs"]), (n_demo,), device=self.device)
             d = self.demos
             clone = d["clone"][idx]
-            disc = th.full((n_demo, 1), self.gamma, device=self.device)
+            disc = d["disc"][idx]
             parts.append(
                 (d["obs"][idx], d["act"][idx], d["rew"][idx], d["next"][idx], d["done"][idx], disc)
             )

@@ -81,6 +81,8 @@ class RLConfig:
     # proposes actions beside the RL actor; the critic picks the better one (acting and
     # in the TD target). Needs --demos and --bc_epochs > 0.
     ibrl: bool = False
+    # SAC: n-step returns in the TD target (replay and demonstrations; 1: SAC's one-step).
+    n_step: int = 1
     # SAC: LayerNorm in the critics' hidden layers (RLPD).
     critic_layernorm: bool = False
     # SAC: clip TD targets to the range the return can take (sparse: [0, bonus]; pbrs with
@@ -120,6 +122,8 @@ class RLConfig:
             raise RoboError(f"--target_entropy {self.target_entropy!r}: use bc or auto")
         if self.bc_std <= 0 or self.init_ent_coef <= 0 or self.utd < 1:
             raise RoboError("--bc_std and --init_ent_coef must be positive and --utd at least 1")
+        if self.n_step < 1:
+            raise RoboError(f"--n_step {self.n_step} must be at least 1 (1: one-step TD targets)")
         if self.n_critics < 1 or not 0 <= self.critic_subset <= self.n_critics:
             raise RoboError(
                 f"--n_critics {self.n_critics} must be at least 1 and --critic_subset "
@@ -139,6 +143,10 @@ class RLConfig:
         if self.reward == "privileged" and self.refine:
             raise RoboError(
                 "--refine true adapts a GRM; the privileged potential has nothing to refine"
+            )
+        if self.n_step > 1 and self.algo is not Algo.sac:
+            raise RoboError(
+                "--n_step applies to --algo sac (PPO has its own returns): drop it or use sac"
             )
         if needs_model and self.reward == "none":
             raise RoboError(
@@ -248,11 +256,24 @@ def make_env_fn(cfg: RLConfig, model, seed: int):
     return fn
 
 
+def replay_buffer_args(cfg: RLConfig, deferred: bool) -> dict:
+    """SAC's replay buffer: deferred rewards and/or n-step returns, else SB3's default."""
+    from stable_baselines3.common.buffers import NStepReplayBuffer
+
+    from robo.deferred_reward import DeferredNStepReplayBuffer, DeferredRewardReplayBuffer
+
+    if cfg.n_step > 1:
+        cls = DeferredNStepReplayBuffer if deferred else NStepReplayBuffer
+        kwargs = {"n_steps": cfg.n_step, "gamma": cfg.shaping.gamma}
+        return {"replay_buffer_class": cls, "replay_buffer_kwargs": kwargs}
+    return {"replay_buffer_class": DeferredRewardReplayBuffer} if deferred else {}
+
+
 def build(cfg: RLConfig):
     """Reward model, shaped vec env and SB3 algorithm."""
     from stable_baselines3 import PPO
 
-    from robo.deferred_reward import DeferredRewardReplayBuffer, DeferredRewardVecEnv
+    from robo.deferred_reward import DeferredRewardVecEnv
     from robo.rl.demosac import DemoSAC, LayerNormSACPolicy
 
     model = load_reward(cfg.reward)
@@ -283,7 +304,7 @@ def build(cfg: RLConfig):
             policy_kwargs={"n_critics": cfg.n_critics},
             ent_coef=f"auto_{cfg.init_ent_coef}" if warm else "auto",
             gradient_steps=cfg.utd,
-            **({"replay_buffer_class": DeferredRewardReplayBuffer} if deferred else {}),
+            **replay_buffer_args(cfg, deferred),
             **common,
         )
         if deferred:

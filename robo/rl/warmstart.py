@@ -82,13 +82,36 @@ def behaviour_clone(
     return float(loss.detach())
 
 
+def n_step_returns(rew, terminated, gamma: float, n: int):
+    """n-step returns of one episode's transitions, cut at the episode's end.
+
+    Returns ``(returns, last, discount)``: row t sums ``gamma^k * rew[t + k]`` over the
+    ``m = min(n, T - t)`` transitions left and bootstraps from the state after transition
+    ``last[t] = t + m - 1`` with ``discount[t] = gamma^m`` (unless ``terminated[last[t]]``).
+    The episode ends only at its last transition. Same as SB3's ``NStepReplayBuffer``.
+    """
+    rew = np.asarray(rew, np.float64)
+    T = len(rew)
+    last = np.minimum(np.arange(T) + n - 1, T - 1)
+    ret = np.zeros(T)
+    for k in range(n):
+        idx = np.arange(T) + k
+        ok = idx <= last
+        ret[ok] += gamma**k * rew[idx[ok]]
+    return ret, last, gamma ** (last - np.arange(T) + 1).astype(np.float64)
+
+
 def demo_transitions(demos, views, model, ctx, cfg) -> dict:
-    """(obs, action, reward, next_obs, done, clone) of all demos, rewarded by the run's shaping.
+    """(obs, action, reward, next_obs, done, discount, clone) of all demos, rewarded by the
+    run's shaping; with ``cfg.n_step`` above 1 the rewards are n-step returns and ``next_obs``
+    the state n steps on, ``discount`` the factor of its bootstrapped value.
 
     ``clone`` marks the transitions whose action is the expert's: behaviour cloning fits only
     those, while the critic learns from all of them (a recovery demo's slip is a real
     transition into a state the policy must recover from)."""
-    rows = {k: [] for k in ("obs", "act", "rew", "next", "done", "clone")}
+    n = cfg.n_step
+    gamma = cfg.shaping.gamma
+    rows = {k: [] for k in ("obs", "act", "rew", "next", "done", "disc", "clone")}
     for ep in demos:
         T = len(ep)
         if getattr(model, "reads_info", False):  # privileged potential (evaluation only)
@@ -108,14 +131,16 @@ def demo_transitions(demos, views, model, ctx, cfg) -> dict:
             phi[:-1],
             phi[1:],
             terminated,
-            cfg.shaping.gamma,
+            gamma,
             ep.env_reward[1:],
         )
+        ret, last, disc = n_step_returns(r, terminated, gamma, n)
         rows["obs"].append(ep.states[:-1])
         rows["act"].append(ep.actions[:-1])
-        rows["rew"].append(r)
-        rows["next"].append(ep.states[1:])
-        rows["done"].append(terminated)
+        rows["rew"].append(ret)
+        rows["next"].append(ep.states[1:][last])
+        rows["done"].append(terminated[last])
+        rows["disc"].append(disc)
         rows["clone"].append(clone_mask(ep))
     return {k: np.concatenate(v) for k, v in rows.items()}
 

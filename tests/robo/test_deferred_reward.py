@@ -153,6 +153,38 @@ def test_replay_buffer_never_samples_a_transition_whose_reward_is_due():
     assert not np.isnan(buf.sample(1000).rewards.numpy()).any()
 
 
+def test_n_step_buffer_waits_for_every_reward_it_sums():
+    """With 3-step returns a transition is sampled only once its own reward and the next
+    two are in; the return and the discount match SB3's n-step buffer on the same data."""
+    from gymnasium import spaces
+    from stable_baselines3.common.buffers import NStepReplayBuffer
+
+    from robo.deferred_reward import DeferredNStepReplayBuffer
+
+    box = spaces.Box(-1, 1, (2,), np.float32)
+    kw = dict(device="cpu", n_envs=1, n_steps=3, gamma=0.5)
+    buf, ref = DeferredNStepReplayBuffer(16, box, box, **kw), NStepReplayBuffer(16, box, box, **kw)
+    z = np.zeros((1, 2), np.float32)
+    for seq in range(1, 7):
+        add(buf, seq)
+        ref.add(z, z, z, np.array([float(seq)], np.float32), np.array([False]), [{}])
+    for seq in range(1, 5):
+        buf.fill(seq, np.array([float(seq)]))  # 5 and 6 still due
+    np.random.seed(0)
+    got = set(np.round(buf.sample(800).rewards.numpy().ravel(), 4))
+    # only positions 0-1 (seq 1, 2) may be sampled: 1 + 2/2 + 3/4 and 2 + 3/2 + 4/4
+    assert got == {2.75, 4.5}
+    buf.fill(5, np.array([5.0]))
+    buf.fill(6, np.array([6.0]))
+    inds = np.arange(6)
+    np.random.seed(1)
+    a = buf._get_samples(inds)
+    np.random.seed(1)
+    b = ref._get_samples(inds)
+    np.testing.assert_allclose(a.rewards.numpy(), b.rewards.numpy())
+    np.testing.assert_allclose(a.discounts.numpy(), b.discounts.numpy())
+
+
 def test_starved_buffer_asks_for_the_rewards():
     buf = buffer()
     add(buf, 1)

@@ -296,3 +296,16 @@ def test_recovery_demos_feed_the_critic_and_clone_only_expert_actions(tmp_path):
     assert tr["done"].sum() == 2  # both demos end in success
     succ = np.concatenate([e.success[1:] for e in eps])
     np.testing.assert_array_equal(tr["rew"] > 0, succ)  # sparse reward by default
+
+
+def test_n_step_returns_of_a_demo():
+    from robo.rl.warmstart import n_step_returns
+
+    rew, term = np.array([0.0, 0.0, 0.0, 1.0]), np.array([False, False, False, True])
+    ret, last, disc = n_step_returns(rew, term, 0.5, 3)
+    np.testing.assert_allclose(ret, [0.0, 0.25, 0.5, 1.0])  # 1 * 0.5^2 from row 1
+    assert last.tolist() == [2, 3, 3, 3]
+    np.testing.assert_allclose(disc, [0.125, 0.125, 0.25, 0.5])
+    one, last1, disc1 = n_step_returns(rew, term, 0.5, 1)
+    np.testing.assert_allclose(one, rew)
+    assert last1.tolist() == [0, 1, 2, 3] and np.allclose(disc1, 0.5)

@@ -85,16 +85,21 @@ def test_sac_pbrs_with_warm_start(demos_and_model, tmp_path):
                 "2",
                 "--ibrl",
                 "true",
+                "--n_step",
+                "3",
                 "--out",
                 str(out),
             ]
         )
         == 0
     )
+    from robo.deferred_reward import DeferredNStepReplayBuffer
     from robo.rl.demosac import DemoSAC
 
     policy = DemoSAC.load(out / "final_policy")
     assert tuple(policy.q_bounds) == (-1.0, 2.0) and len(policy.critic.q_networks) == 3
+    assert policy.replay_buffer_class is DeferredNStepReplayBuffer
+    assert policy.replay_buffer_kwargs == {"n_steps": 3, "gamma": 0.99}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["warm_start"]["transitions"] > 0
     assert summary["warm_start"]["demo_transitions_in_batches"] > 0
@@ -142,6 +147,8 @@ def test_ppo_sparse_without_a_model(tmp_path):
         (["--shaping.gamma", "1.5"], "gamma"),
         (["--algo", "dqn"], "algo"),
         (["--n_critics", "2", "--critic_subset", "3"], "critic_subset"),
+        (["--n_step", "0"], "n_step"),
+        (["--n_step", "3", "--algo", "ppo"], "n_step applies to --algo sac"),
     ],
 )
 def test_bad_input_before_training(args, message, capsys, tmp_path):
