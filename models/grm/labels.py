@@ -46,6 +46,61 @@ def stepwise_progress(
     return np.clip(phi, 0.0, 1.0)
 
 
+def _runs(stage: np.ndarray) -> list[tuple[int, int, int]]:
+    """Maximal runs ``(start, end_exclusive, stage)`` of equal stage labels."""
+    cuts = np.flatnonzero(np.diff(stage)) + 1
+    bounds = [0, *cuts.tolist(), len(stage)]
+    return [(a, b, int(stage[a])) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def recovery_progress(
+    stage: np.ndarray, num_stages: int, success: np.ndarray, min_regress: int = 3
+) -> np.ndarray:
+    """Progress labels ``(T,)`` of a demonstration that loses progress and recovers it.
+
+    A recovery demo (the expert knocked off its task mid-way, e.g. a dropped cube, then
+    finishing) goes back a stage; :func:`stepwise_progress` would hide that. Here each run
+    of one stage label is labelled on its own, from the stage annotation only:
+
+    * a run that ends by reaching a later stage (or success) spreads evenly over its
+      stage's share ``[k/K, (k+1)/K)``, as in :func:`stepwise_progress`;
+    * a run cut short by a fall back to an earlier stage covers the fraction of the share
+      that its length is of the same stage's completed run in this demo;
+    * frames from the first success on are 1.
+
+    A fall back shorter than ``min_regress`` frames is taken as annotation flicker and
+    kept in the stage before it.
+    """
+    stage = np.clip(np.asarray(stage, int), 0, num_stages - 1).copy()
+    success = np.asarray(success, bool)
+    T = len(stage)
+    done = int(np.argmax(success)) if success.any() else T
+    runs = _runs(stage[:done])
+    for i, (a, b, k) in enumerate(runs):  # flicker: short dips between higher stages
+        if 0 < i < len(runs) - 1 and b - a < min_regress and k < runs[i - 1][2]:
+            stage[a:b] = runs[i - 1][2]
+    runs = _runs(stage[:done])
+    nxt = [
+        runs[i + 1][2] if i + 1 < len(runs) else (num_stages if done < T else None)
+        for i in range(len(runs))
+    ]
+    completed = {}
+    for (a, b, k), n in zip(runs, nxt, strict=True):
+        if n is not None and n > k:
+            completed[k] = b - a
+    phi = np.zeros(T, np.float32)
+    for (a, b, k), n in zip(runs, nxt, strict=True):
+        length = b - a
+        if n is not None and n > k:  # completed: the next stage's first frame ends the share
+            frac = np.arange(length) / length
+        else:  # cut short (or the episode ended): the share its length covers
+            full = completed.get(k, length)
+            frac = np.minimum(np.arange(length) / max(full, 1), 1.0)
+        phi[a:b] = (k + frac) / num_stages
+    phi[done:] = 1.0
+    return np.clip(phi, 0.0, 1.0)
+
+
 def hop(phi_p, phi_q):
     """Relative progress hop from ``phi_p`` to ``phi_q`` (arrays or scalars), in [-1, 1]."""
     phi_p = np.asarray(phi_p, np.float64)

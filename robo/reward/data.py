@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.grm.labels import hop, stepwise_progress
+from models.grm.labels import hop, recovery_progress, stepwise_progress
 from models.grm.model import resize
 from robo.errors import RoboError
 from robo.store import EpisodeStore
@@ -73,9 +73,18 @@ class SamplerConfig:
     train_fraction: float = 1.0
 
 
-def demo_progress(store: EpisodeStore, index: int, num_stages: int) -> np.ndarray:
-    """Step-wise progress labels of demo ``index`` from its stage annotation."""
-    ep = store.episode(index)
+def is_training_demo(meta) -> bool:
+    """A successful demonstration: the expert's, or a recovery demo (``recover``)."""
+    return meta.outcome == "success" and (
+        meta.policy == "expert" or meta.policy.startswith("recover")
+    )
+
+
+def demo_progress(ep, num_stages: int) -> np.ndarray:
+    """Step-wise progress labels of a demo from its stage annotation; a recovery demo's
+    falls back a stage are kept (:func:`models.grm.labels.recovery_progress`)."""
+    if ep.policy.startswith("recover"):
+        return recovery_progress(ep.stage, num_stages, ep.success)
     return stepwise_progress(ep.stage, num_stages, ep.success)
 
 
@@ -83,8 +92,9 @@ class PairSampler:
     """Draws batches of (context, BEFORE, AFTER) hop pairs from one or more stores.
 
     Args:
-        urls: episode stores, one per task. Expert episodes (policy ``expert``) are
-            demonstrations; others are outcome-labelled rollouts.
+        urls: episode stores, one per task. Successful expert episodes (policy
+            ``expert``) and recovery demos (``recover``) are demonstrations; other
+            non-expert episodes are outcome-labelled rollouts.
         views: camera views the model sees (each store must have them).
         cfg: sampling settings.
         seed: RNG seed (offset per DDP rank by the caller).
@@ -123,8 +133,8 @@ class PairSampler:
         metas = [store.episode_meta(i) for i in range(len(store))]
         if episode_filter is not None:
             metas = [m for m in metas if episode_filter(url, m)]
-        demos = [m.index for m in metas if m.policy == "expert" and m.outcome == "success"]
-        rollouts = [m.index for m in metas if m.policy != "expert"]
+        demos = [m.index for m in metas if is_training_demo(m)]
+        rollouts = [m.index for m in metas if not is_training_demo(m) and m.policy != "expert"]
         if not demos_required:  # outcome-only stores: only episodes with a success/failure label
             rollouts = [i for i in rollouts if metas[i].outcome in ("success", "failure")]
         if not demos and demos_required:
@@ -153,7 +163,7 @@ class PairSampler:
                 task.demos.pop(next(iter(task.demos)))
             ep = task.store.episode(index)
             vidx = [task.store.views.index(v) for v in self.views]
-            phi = stepwise_progress(ep.stage, task.num_stages, ep.success)
+            phi = demo_progress(ep, task.num_stages)
             task.demos[index] = _Demo(self._resize(ep.frames[:, vidx]), phi, ep.task)
         return task.demos[index]
 

@@ -9,7 +9,7 @@ import torch
 from models.base import ModelInputError, ProgressModel, TaskContext
 from models.grm.config import GRMConfig
 from models.grm.inference import GRMProgressModel
-from models.grm.labels import apply_hop, hop, stepwise_progress
+from models.grm.labels import apply_hop, hop, recovery_progress, stepwise_progress
 from models.grm.model import GRM
 from tests.tiny import TINY_GRM
 
@@ -33,6 +33,27 @@ def test_stepwise_progress_gives_each_stage_an_equal_share():
 def test_stepwise_progress_ignores_stage_regressions_in_demos():
     phi = stepwise_progress(np.array([0, 0, 1, 0, 1, 1]), 2)
     assert np.all(np.diff(phi) >= 0)
+
+
+def test_recovery_progress_keeps_the_fall_back_a_stage():
+    # reach, lift cut short by a drop (5 of the 6 frames the completed lift takes),
+    # reach again, lift, carry, place; success on the last 3 frames
+    stage = np.array([0] * 10 + [1] * 5 + [0] * 8 + [1] * 6 + [2] * 5 + [3] * 9)
+    success = np.zeros(len(stage), bool)
+    success[-3:] = True
+    phi = recovery_progress(stage, 4, success)
+    assert phi[0] == 0 and np.all(phi[-3:] == 1)
+    assert phi[10] == pytest.approx(0.25) and phi[14] == pytest.approx((1 + 4 / 6) / 4)
+    assert phi[15] == 0.0  # the drop: back to the start of the reach stage
+    assert np.all(np.diff(phi[15:]) >= 0) and np.all(np.diff(phi[:15]) > 0)
+    # a one-frame dip is annotation flicker, not a fall back
+    flicker = recovery_progress(np.array([0, 0, 1, 0, 1, 1, 1]), 2, np.array([0] * 6 + [1], bool))
+    assert np.all(np.diff(flicker) >= 0)
+    # without any fall back it is the step-wise labelling
+    mono = np.array([0] * 4 + [1] * 3 + [2] * 3)
+    s = np.zeros(10, bool)
+    s[-1] = True
+    np.testing.assert_allclose(recovery_progress(mono, 3, s), stepwise_progress(mono, 3, s))
 
 
 def test_hop_and_inverse():
