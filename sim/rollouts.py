@@ -278,29 +278,25 @@ class RandomFreezeRollout(RolloutPolicy):
         return self._remember(np.clip(self._a, -1, 1))
 
 
+_PARAMETRISED = {  # spec prefix: (class, parser, default, what the parameter is, usage)
+    "recover": (RecoverRollout, int, 1, "slip count", "recover:<n>, e.g. recover:2"),
+    "noisy": (NoisyRollout, float, 0.1, "noise level", "noisy:<sigma>, e.g. noisy:0.2"),
+}
+
+
 def make_policy(spec: str, env, rng: np.random.Generator) -> RolloutPolicy:
     """Build a rollout policy from its spec (see module docstring)."""
     spec = spec.strip()
-    if spec.startswith("recover"):
-        _, _, n = spec.partition(":")
+    for prefix, (cls, parse, default, what, usage) in _PARAMETRISED.items():
+        if not spec.startswith(prefix):
+            continue
+        _, _, arg = spec.partition(":")
         try:
-            return RecoverRollout(env, rng, int(n or 1))
+            return cls(env, rng, parse(arg) if arg else default)
         except ValueError as e:
             if isinstance(e, SimError):
                 raise
-            raise SimError(
-                f"bad slip count in policy {spec!r}: use recover:<n>, e.g. recover:2"
-            ) from None
-    if spec.startswith("noisy"):
-        _, _, sigma = spec.partition(":")
-        try:
-            return NoisyRollout(env, rng, float(sigma or 0.1))
-        except ValueError as e:
-            if isinstance(e, SimError):
-                raise
-            raise SimError(
-                f"bad noise level in policy {spec!r}: use noisy:<sigma>, e.g. noisy:0.2"
-            ) from None
+            raise SimError(f"bad {what} in policy {spec!r}: use {usage}") from None
     table = {
         "expert": ExpertRollout,
         "near-miss": NearMissRollout,
