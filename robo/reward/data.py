@@ -74,7 +74,8 @@ class SamplerConfig:
 
 
 def is_training_demo(meta) -> bool:
-    """A successful demonstration: the expert's, or a recovery demo (``recover``)."""
+    """A successful demonstration: the expert's, or a recovery demo (``recover``). The GRM
+    trains on these as demonstrations and the RL warm start clones them."""
     return meta.outcome == "success" and (
         meta.policy == "expert" or meta.policy.startswith("recover")
     )

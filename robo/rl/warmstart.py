@@ -13,22 +13,16 @@ from robo.shaping import shaped_reward
 log = logging.getLogger(__name__)
 
 
-def is_demo(meta) -> bool:
-    """Whether an episode demonstrates the task for RL: the expert's, or the expert's with
-    scripted slips and recoveries (``recover``) that ended in success."""
-    return meta.policy == "expert" or (
-        meta.policy.startswith("recover") and meta.outcome == "success"
-    )
-
-
 def load_demos(url: str, model) -> list:
+    """The store's demonstrations: successful expert and recovery (``recover``) episodes."""
+    from robo.reward.data import is_training_demo
     from robo.store import EpisodeStore
 
     store = EpisodeStore.open(url)
-    demos = [store.episode(i) for i in range(len(store)) if is_demo(store.episode_meta(i))]
+    demos = [store.episode(i) for i in range(len(store)) if is_training_demo(store.episode_meta(i))]
     if not demos:
         raise RoboError(
-            f"{url} has no expert demonstrations for the warm start: record some with "
+            f"{url} has no successful expert demonstrations for the warm start: record some with "
             "`robo collect --policy expert` (or `--policy recover`)"
         )
     return demos, store.views
