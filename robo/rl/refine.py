@@ -86,6 +86,8 @@ class RefineCallback(BaseCallback):
             "step": self.num_timesteps,
             "false_success_rate_before": self.window_fsr(),
             "window_episodes": self.window["episodes"],
+            "window_env_failures": self.window["env_failures"],
+            "window_false_successes": self.window["false_successes"],
             "added": len(self.pending),
         }
         if self.history:
@@ -173,3 +175,35 @@ class RefineCallback(BaseCallback):
             self._track(infos, dones)
         if self.history:
             self.history[-1]["false_success_rate_after"] = self.window_fsr()
+            self.history.append(
+                {
+                    "step": self.num_timesteps,
+                    "final_window": True,
+                    "false_success_rate_before": self.window_fsr(),
+                    "window_episodes": self.window["episodes"],
+                    "window_env_failures": self.window["env_failures"],
+                    "window_false_successes": self.window["false_successes"],
+                }
+            )
+
+    def before_after(self) -> dict:
+        """False-success rate before the first refinement and pooled over all episodes after
+        it (each window's count of failed episodes and of false successes among them)."""
+        first = next((i for i, r in enumerate(self.history) if r.get("refined")), None)
+        if first is None:
+            return {"before": float("nan"), "after": float("nan"), "refinements": 0}
+
+        def pooled(rows):
+            fails = sum(r.get("window_env_failures", 0) for r in rows)
+            false = sum(r.get("window_false_successes", 0) for r in rows)
+            return (false / fails if fails else float("nan")), fails
+
+        before, n_before = pooled(self.history[: first + 1])
+        after, n_after = pooled(self.history[first + 1 :])
+        return {
+            "before": before,
+            "failed_episodes_before": n_before,
+            "after": after,
+            "failed_episodes_after": n_after,
+            "refinements": sum(bool(r.get("refined")) for r in self.history),
+        }

@@ -371,6 +371,7 @@ def train(cfg: RLConfig, progress_bar: bool = True) -> dict:
         "wall_time_s": round(time.time() - t0, 1),
         "hacking_watch": eval_cb.watch_summary(),
         "refinement": refine_cb.history if refine_cb is not None else None,
+        "refinement_false_success": refine_cb.before_after() if refine_cb is not None else None,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     venv.close()

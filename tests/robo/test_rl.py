@@ -236,7 +236,10 @@ def test_refinement_loop_adapts_the_model_on_contradicting_episodes(demos_and_mo
     summary = json.loads((out / "summary.json").read_text())
     records = summary["refinement"]
     assert records and records[0]["false_success_rate_before"] > 0.5 and records[0]["refined"]
-    assert "false_success_rate_after" in records[-1]
+    assert records[-1]["final_window"] and "false_success_rate_after" in records[-2]
+    fsr = summary["refinement_false_success"]
+    assert fsr["refinements"] >= 1 and fsr["before"] > 0.5
+    assert fsr["failed_episodes_before"] == records[0]["window_env_failures"] > 0
     refined = GRM.from_pretrained(out / "refined_model")
     assert not torch.equal(refined.head[-1].bias, grm.head[-1].bias)
 
