@@ -92,7 +92,7 @@ def compare(cfg: CompareConfig) -> dict:
     for (name, _), s in zip(jobs, summaries, strict=True):
         results[name].append(s["evaluations"])
         if s.get("refinement"):
-            refinements[name].append(s["refinement"])
+            refinements[name].append(s.get("refinement_false_success") or {})
     summary = {name: _aggregate(runs, refinements[name]) for name, runs in results.items()}
     (out / "compare.json").parent.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(
@@ -118,14 +118,10 @@ def _aggregate(runs: list[list[dict]], refinements: list | None = None) -> dict:
     n = min(len(r) for r in runs)
     succ = np.array([[e["success_rate"] for e in r[:n]] for r in runs])
     extra = {}
-    if refinements:  # false-success rate of the first window (before any refinement) and the last
-        extra["false_success_before_refine"] = _nanmean(
-            [h[0]["false_success_rate_before"] for h in refinements if h]
-        )
-        extra["false_success_after_refine"] = _nanmean(
-            [_last_finite([r.get("false_success_rate_after") for r in h]) for h in refinements]
-        )
-        extra["refinements"] = float(np.mean([sum(r["refined"] for r in h) for h in refinements]))
+    if refinements:  # false-success rate before the first refinement and pooled after it
+        extra["false_success_before_refine"] = _nanmean([r.get("before") for r in refinements])
+        extra["false_success_after_refine"] = _nanmean([r.get("after") for r in refinements])
+        extra["refinements"] = float(np.mean([r.get("refinements", 0) for r in refinements]))
     return {
         **extra,
         "step": [runs[0][k]["step"] for k in range(n)],
@@ -135,11 +131,6 @@ def _aggregate(runs: list[list[dict]], refinements: list | None = None) -> dict:
         "false_success_rate": _nanmean([r[n - 1]["false_success_rate"] for r in runs]),
         "progress_mae": _nanmean([r[n - 1]["progress_mae"] for r in runs]),
     }
-
-
-def _last_finite(values) -> float:
-    vals = [v for v in values if v is not None and v == v]
-    return vals[-1] if vals else float("nan")
 
 
 def _nanmean(values) -> float:

@@ -265,3 +265,25 @@ def test_return_bounds_by_shaping():
     assert lo == -1.0 and hi == pytest.approx(11.0)
     assert return_bounds(ShapingConfig(mode="naive")) is None
     assert return_bounds(ShapingConfig(mode="oracle")) is None
+
+
+def test_compare_reports_false_successes_before_and_after_refinement():
+    from robo.rl.compare import _aggregate
+
+    evals = [
+        {
+            "step": 0,
+            "train_episodes": 0,
+            "success_rate": 0.2,
+            "false_success_rate": 0.1,
+            "progress_mae": 0.2,
+        }
+    ]
+    refs = [
+        {"before": 0.2, "after": 0.04, "refinements": 3},
+        {"before": 0.1, "after": 0.02, "refinements": 5},
+    ]
+    agg = _aggregate([evals, evals], refs)
+    assert agg["false_success_before_refine"] == pytest.approx(0.15)
+    assert agg["false_success_after_refine"] == pytest.approx(0.03)
+    assert agg["refinements"] == 4
