@@ -76,20 +76,24 @@ class RefineCallback(BaseCallback):
         if ep["model"] != ep["env"] and "terminal_frames" in info:
             self.pending.append((info["terminal_frames"], ep["env"]))
 
+    def _window_record(self) -> dict:
+        """The current window's figures: its false-success rate and the counts behind it."""
+        w = self.window
+        return {
+            "step": self.num_timesteps,
+            "false_success_rate_before": self.window_fsr(),
+            "window_episodes": w["episodes"],
+            "window_env_failures": w["env_failures"],
+            "window_false_successes": w["false_successes"],
+        }
+
     def window_fsr(self) -> float:
         w = self.window
         return w["false_successes"] / w["env_failures"] if w["env_failures"] else float("nan")
 
     def refine(self) -> dict | None:
         """Adapt the model if enough contradicting episodes are pending; returns the record."""
-        record = {
-            "step": self.num_timesteps,
-            "false_success_rate_before": self.window_fsr(),
-            "window_episodes": self.window["episodes"],
-            "window_env_failures": self.window["env_failures"],
-            "window_false_successes": self.window["false_successes"],
-            "added": len(self.pending),
-        }
+        record = {**self._window_record(), "added": len(self.pending)}
         if self.history:
             self.history[-1]["false_success_rate_after"] = record["false_success_rate_before"]
         self.window = {"episodes": 0, "env_failures": 0, "false_successes": 0}
@@ -175,16 +179,7 @@ class RefineCallback(BaseCallback):
             self._track(infos, dones)
         if self.history:
             self.history[-1]["false_success_rate_after"] = self.window_fsr()
-            self.history.append(
-                {
-                    "step": self.num_timesteps,
-                    "final_window": True,
-                    "false_success_rate_before": self.window_fsr(),
-                    "window_episodes": self.window["episodes"],
-                    "window_env_failures": self.window["env_failures"],
-                    "window_false_successes": self.window["false_successes"],
-                }
-            )
+            self.history.append({**self._window_record(), "final_window": True})
 
     def before_after(self) -> dict:
         """False-success rate before the first refinement and pooled over all episodes after
