@@ -62,6 +62,9 @@ class RLConfig:
     bc_epochs: int = 1000
     # SAC: critic pre-training steps on the demonstrations with the actor frozen.
     critic_warmup: int = 500
+    # normalise observations by the demonstrations' per-dimension mean and std (fixed; a
+    # layer of the policy and critics, saved with them). Needs --demos; off without them.
+    obs_norm: bool = True
     # exploration noise (pre-squashing std) the cloned policy starts with.
     bc_std: float = 0.2
     # SAC: share of every minibatch drawn from the demonstrations (0: replay only).
@@ -286,6 +289,11 @@ def build(cfg: RLConfig):
     else:
         venv = make_reward_vec_env(fns, model, cfg.shaping, ctx)
     venv.seed(cfg.seed)
+    policy_kwargs = {}
+    if cfg.obs_norm and cfg.demos:
+        from robo.rl.warmstart import load_demos, obs_norm_kwargs
+
+        policy_kwargs = obs_norm_kwargs(load_demos(cfg.demos, model)[0])
     common = dict(
         seed=cfg.seed, verbose=0, tensorboard_log=str(cfg.out_dir / "tb"), gamma=cfg.shaping.gamma
     )
@@ -301,7 +309,7 @@ def build(cfg: RLConfig):
             ibrl=cfg.ibrl and warm,
             critic_subset=cfg.critic_subset,
             q_bounds=return_bounds(cfg.shaping) if cfg.q_clip else None,
-            policy_kwargs={"n_critics": cfg.n_critics},
+            policy_kwargs={"n_critics": cfg.n_critics, **policy_kwargs},
             ent_coef=f"auto_{cfg.init_ent_coef}" if warm else "auto",
             gradient_steps=cfg.utd,
             **replay_buffer_args(cfg, deferred),
@@ -311,7 +319,14 @@ def build(cfg: RLConfig):
             venv.reward_sink = algo.replay_buffer.fill
             algo.replay_buffer.on_starved = venv.flush
     else:
-        algo = PPO("MlpPolicy", venv, n_steps=max(64, 1024 // cfg.n_envs), batch_size=64, **common)
+        algo = PPO(
+            "MlpPolicy",
+            venv,
+            n_steps=max(64, 1024 // cfg.n_envs),
+            batch_size=64,
+            policy_kwargs=policy_kwargs,
+            **common,
+        )
     return model, ctx, venv, algo
 
 

@@ -309,3 +309,66 @@ def test_n_step_returns_of_a_demo():
     one, last1, disc1 = n_step_returns(rew, term, 0.5, 1)
     np.testing.assert_allclose(one, rew)
     assert last1.tolist() == [0, 1, 2, 3] and np.allclose(disc1, 0.5)
+
+
+def test_observation_stats_floor_constant_dimensions_and_reject_bad_states():
+    from robo.errors import RoboError
+    from robo.rl.warmstart import observation_stats
+
+    rng = np.random.default_rng(0)
+    states = np.stack([rng.normal(1.0, 0.2, 500), rng.normal(0, 0.4, 500), np.zeros(500)], 1)
+    mean, std = observation_stats(states, floor=0.1)
+    np.testing.assert_allclose(mean, [1.0, 0.0, 0.0], atol=0.05)
+    np.testing.assert_allclose(std[:2], [0.2, 0.4], rtol=0.1)
+    # the constant (padding) slot gets a tenth of the median std of the varying ones
+    assert std[2] == pytest.approx(0.1 * np.median(std[:2]))
+    with pytest.raises(RoboError, match="at least 2 finite"):
+        observation_stats(np.full((3, 2), np.nan))
+    with pytest.raises(RoboError, match="at least 2 finite"):
+        observation_stats(np.zeros((1, 2)))
+
+
+class MilliLine(Line):
+    """``Line`` observed in millimetres' worth of metres: the state is 0.003 x."""
+
+    observation_space = gym.spaces.Box(-0.006, 0.006, (1,), np.float32)
+
+    def reset(self, seed=None, options=None):
+        obs, info = super().reset(seed=seed)
+        return obs * 0.003, info
+
+    def step(self, action):
+        obs, *rest = super().step(action)
+        return (obs * 0.003, *rest)
+
+
+def test_normalised_observations_let_cloning_resolve_millimetres_and_save_with_the_policy(
+    tmp_path,
+):
+    from robo.errors import RoboError
+    from robo.rl.warmstart import ObsNormalizer, observation_stats
+
+    tr = demos()
+    obs = tr["obs"] * 0.003
+    mean, std = observation_stats(obs)
+    kw = {"features_extractor_class": ObsNormalizer,
+          "features_extractor_kwargs": {"mean": mean, "std": std}}
+    losses = {}
+    for name, policy_kwargs in (("raw", {}), ("normalised", kw)):
+        torch.manual_seed(0)
+        a = DemoSAC("MlpPolicy", MilliLine(), learning_starts=0, seed=0, policy_kwargs=policy_kwargs)
+        losses[name] = behaviour_clone(a.policy, obs, tr["act"], epochs=60, std=0.2)
+    assert losses["normalised"] < 0.2 * losses["raw"], losses
+    for net in (a.actor, a.critic, a.critic_target):
+        assert isinstance(net.features_extractor, ObsNormalizer)
+    # far outside the demonstrations the normalised input is clipped
+    big = a.actor.features_extractor(torch.full((1, 1), 10.0))
+    assert float(big) == pytest.approx(5.0)
+    a.save(tmp_path / "norm")
+    b = DemoSAC.load(tmp_path / "norm")
+    np.testing.assert_allclose(
+        b.predict(obs[:16], deterministic=True)[0], a.predict(obs[:16], deterministic=True)[0],
+        atol=1e-6,
+    )
+    with pytest.raises(RoboError, match="do not fit observations of 1 values"):
+        ObsNormalizer(MilliLine.observation_space, [0.0, 0.0], [1.0, 1.0])

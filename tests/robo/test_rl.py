@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from robo.cli import main
@@ -96,8 +97,15 @@ def test_sac_pbrs_with_warm_start(demos_and_model, tmp_path):
     from robo.deferred_reward import DeferredNStepReplayBuffer
     from robo.rl.demosac import DemoSAC
 
+    from robo.rl.warmstart import ObsNormalizer, load_demos
+
     policy = DemoSAC.load(out / "final_policy")
     assert tuple(policy.q_bounds) == (-1.0, 2.0) and len(policy.critic.q_networks) == 3
+    # observations are normalised by the demonstrations' statistics, in actor and critics
+    states = np.concatenate([ep.states for ep in load_demos(demos, None)[0]])
+    for net in (policy.actor, policy.critic, policy.bc_actor):
+        assert isinstance(net.features_extractor, ObsNormalizer)
+        np.testing.assert_allclose(net.features_extractor.mean.numpy(), states.mean(0), atol=1e-5)
     assert policy.replay_buffer_class is DeferredNStepReplayBuffer
     assert policy.replay_buffer_kwargs == {"n_steps": 3, "gamma": 0.99}
     summary = json.loads((out / "summary.json").read_text())
