@@ -128,3 +128,34 @@ class SuccessEvalCallback(BaseCallback):
             self.evaluate_now(self.model, self.num_timesteps)
         if self._env is not None:
             self._env.close()
+
+
+class SelfImitationCallback(BaseCallback):
+    """Hands each successful training episode's ``(obs, action)`` pairs to
+    ``DemoSAC.add_self_demos`` (self-imitation). An episode counts as successful when its
+    outcome label says so at any step: ``info["success"]``, the env's success in
+    simulation, the operator's label on a robot."""
+
+    def __init__(self):
+        super().__init__()
+        self._eps: dict[int, tuple[list, list, bool]] = {}
+        self.episodes = 0
+        self.transitions = 0
+
+    def _on_step(self) -> bool:
+        obs = self.model._last_obs  # the observations the actions were taken in
+        actions = self.locals["buffer_actions"]  # in the policy's [-1, 1] scale
+        for k, (info, done) in enumerate(zip(self.locals["infos"], self.locals["dones"], strict=True)):
+            o, a, ok = self._eps.get(k, ([], [], False))
+            o.append(np.array(obs[k], copy=True))
+            a.append(np.array(actions[k], copy=True))
+            ok = ok or bool(info.get("success", False))
+            if done:
+                if ok:
+                    self.model.add_self_demos(np.stack(o), np.stack(a))
+                    self.episodes += 1
+                    self.transitions += len(o)
+                    self.logger.record("train/self_imitation_episodes", self.episodes)
+                o, a, ok = [], [], False
+            self._eps[k] = (o, a, ok)
+        return True

@@ -13,6 +13,11 @@ demonstrations are given:
   above the actor's (Nair et al. 2018); the actor
   improves on the demonstrations' behaviour instead of drifting off it while the critic is
   still poor.
+* **Self-imitation** (``add_self_demos``), optional: the policy's own successful training
+  episodes join the behaviour-cloning term beside the demonstrations (success-filtered
+  BC, as in self-imitation learning, Oh et al. 2018). The BC term otherwise pins the
+  actor to the few demonstrations; with it, every success the policy finds widens what
+  it imitates to the states it actually visits.
 * **Critic-only updates** (``train(..., critic_only=True)``) for pre-training the critic on
   the demonstrations with the actor frozen before RL starts.
 * **Critic ensembles** (``n_critics`` in ``policy_kwargs``, ``critic_subset``), optional:
@@ -93,6 +98,19 @@ class DemoSAC(SAC):
             raise ValueError(f"demo_ratio={demo_ratio} must lie in [0, 1)")
         self.demo_ratio, self.bc_weight = float(demo_ratio), float(bc_weight)
         self.demos: dict[str, th.Tensor] | None = None
+        self.self_demos: dict[str, th.Tensor] | None = None
+        self.max_self_demos = 50_000
+
+    def add_self_demos(self, obs: np.ndarray, act: np.ndarray) -> None:
+        """Append one successful episode's ``(obs, action)`` pairs to the BC term's data
+        (oldest dropped past ``max_self_demos``); actions in the policy's [-1, 1] scale."""
+        new = {
+            "obs": th.as_tensor(np.asarray(obs, np.float32), device=self.device),
+            "act": th.as_tensor(np.clip(np.asarray(act, np.float32), -1, 1), device=self.device),
+        }
+        if self.self_demos is not None:
+            new = {k: th.cat([self.self_demos[k], v])[-self.max_self_demos :] for k, v in new.items()}
+        self.self_demos = new
 
     def set_demos(self, tr: dict[str, np.ndarray]) -> None:
         """Demonstration transitions: ``obs, act, rew, next, done`` arrays (see warmstart)."""
@@ -240,12 +258,18 @@ class DemoSAC(SAC):
                     # whatever the reward's scale
                     actor_loss = actor_loss / (q_pi.abs().mean().detach() + 1e-6)
                 if n_demo and self.bc_weight > 0:
-                    mu = self.actor(obs[:n_demo], deterministic=True)
-                    err = ((mu - act[:n_demo]) ** 2).mean(dim=1, keepdim=True)
+                    bc_obs, bc_act = obs[:n_demo], act[:n_demo]
+                    if self.self_demos is not None:  # as many rows of the policy's successes
+                        j = th.randint(len(self.self_demos["obs"]), (n_demo,), device=self.device)
+                        bc_obs = th.cat([bc_obs, self.self_demos["obs"][j]])
+                        bc_act = th.cat([bc_act, self.self_demos["act"][j]])
+                        clone = th.cat([clone, th.ones_like(clone)])
+                    mu = self.actor(bc_obs, deterministic=True)
+                    err = ((mu - bc_act) ** 2).mean(dim=1, keepdim=True)
                     if self.q_filter:  # clone a demo action only where the critic rates it higher
                         with th.no_grad():
-                            q_demo = self._q_value(self.critic, obs[:n_demo], act[:n_demo])
-                            q_mu = self._q_value(self.critic, obs[:n_demo], mu)
+                            q_demo = self._q_value(self.critic, bc_obs, bc_act)
+                            q_mu = self._q_value(self.critic, bc_obs, mu)
                         err = err * (q_demo > q_mu).float()
                     bc = (err * clone).sum() / clone.sum().clamp(min=1.0)
                     actor_loss = actor_loss + self.bc_weight * bc

@@ -84,6 +84,9 @@ class RLConfig:
     # proposes actions beside the RL actor; the critic picks the better one (acting and
     # in the TD target). Needs --demos and --bc_epochs > 0.
     ibrl: bool = False
+    # SAC: self-imitation: the policy's own successful training episodes join the
+    # behaviour-cloning term beside the demonstrations (needs the warm start's BC term).
+    self_imitation: bool = False
     # SAC: n-step returns in the TD target (replay and demonstrations; 1: SAC's one-step).
     n_step: int = 1
     # SAC: LayerNorm in the critics' hidden layers (RLPD).
@@ -146,6 +149,13 @@ class RLConfig:
         if self.reward == "privileged" and self.refine:
             raise RoboError(
                 "--refine true adapts a GRM; the privileged potential has nothing to refine"
+            )
+        if self.self_imitation and (
+            self.algo is not Algo.sac or not self.demos or not self.bc_epochs or self.bc_weight <= 0
+        ):
+            raise RoboError(
+                "--self_imitation true adds to SAC's behaviour-cloning term: it needs --algo sac, "
+                "--demos <store>, --bc_epochs > 0 and --bc_weight > 0"
             )
         if self.n_step > 1 and self.algo is not Algo.sac:
             raise RoboError(
@@ -357,6 +367,12 @@ def train(cfg: RLConfig, progress_bar: bool = True) -> dict:
         save_freq=max(cfg.eval_every // cfg.n_envs, 1), save_path=str(out / "checkpoints")
     )
     callbacks = [eval_cb, ckpt]
+    self_imitation = None
+    if cfg.self_imitation:
+        from robo.rl.callbacks import SelfImitationCallback
+
+        self_imitation = SelfImitationCallback()
+        callbacks.append(self_imitation)
     refine_cb = None
     if cfg.refine:
         from robo.rl.refine import RefineCallback
@@ -387,6 +403,11 @@ def train(cfg: RLConfig, progress_bar: bool = True) -> dict:
         "hacking_watch": eval_cb.watch_summary(),
         "refinement": refine_cb.history if refine_cb is not None else None,
         "refinement_false_success": refine_cb.before_after() if refine_cb is not None else None,
+        "self_imitation": (
+            {"episodes": self_imitation.episodes, "transitions": self_imitation.transitions}
+            if self_imitation is not None
+            else None
+        ),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     venv.close()

@@ -372,3 +372,43 @@ def test_normalised_observations_let_cloning_resolve_millimetres_and_save_with_t
     )
     with pytest.raises(RoboError, match="do not fit observations of 1 values"):
         ObsNormalizer(MilliLine.observation_space, [0.0, 0.0], [1.0, 1.0])
+
+
+def test_self_imitation_rows_join_the_bc_term(algo):
+    """The policy's own successes are cloned beside the demos: in states the demos never
+    show (x in [1.5, 2]) the actor follows the successful episodes' action, not the demos'
+    extrapolation (-1 there)."""
+    a, _ = algo
+    x = np.linspace(1.5, 2.0, 64, dtype=np.float32)[:, None]
+    a.add_self_demos(x[:32], np.ones((32, 1)))
+    a.add_self_demos(x[32:], np.full((32, 1), 1.5))  # clipped to the action range
+    assert len(a.self_demos["obs"]) == 64 and float(a.self_demos["act"].max()) == 1.0
+    a.learn(300, progress_bar=False)
+    mu = a.actor(torch.as_tensor(x), deterministic=True).detach().numpy()
+    assert mu.mean() > 0.5
+    a.max_self_demos = 40
+    a.add_self_demos(x[:8], np.zeros((8, 1)))
+    assert len(a.self_demos["obs"]) == 40 and float(a.self_demos["act"][-1]) == 0.0
+
+
+def test_self_imitation_callback_hands_over_whole_successful_episodes():
+    from robo.rl.callbacks import SelfImitationCallback
+
+    torch.manual_seed(0)
+    a = DemoSAC("MlpPolicy", Line(), learning_starts=0, seed=0, ent_coef="auto_0.01")
+    tr = demos()
+    behaviour_clone(a.policy, tr["obs"], tr["act"], epochs=150, std=0.2)
+    a.set_demos(tr)
+    episodes = []
+    add = a.add_self_demos
+    a.add_self_demos = lambda o, act: (episodes.append((o, act)), add(o, act))
+    cb = SelfImitationCallback()
+    a.learn(200, callback=cb, progress_bar=False)
+    assert cb.episodes == len(episodes) > 3
+    assert cb.transitions == sum(len(o) for o, _ in episodes) == len(a.self_demos["obs"])
+    for o, act in episodes:
+        assert abs(o[0, 0]) <= 1.0  # starts where Line resets
+        # the last action takes the point to the origin: the episode's success
+        assert abs(np.clip(o[-1, 0] + 0.5 * act[-1, 0], -2, 2)) < 0.05
+        # each action leads to the next observation
+        np.testing.assert_allclose(np.clip(o[:-1, 0] + 0.5 * act[:-1, 0], -2, 2), o[1:, 0], atol=1e-5)

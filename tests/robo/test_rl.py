@@ -88,6 +88,8 @@ def test_sac_pbrs_with_warm_start(demos_and_model, tmp_path):
                 "true",
                 "--n_step",
                 "3",
+                "--self_imitation",
+                "true",
                 "--out",
                 str(out),
             ]
@@ -115,6 +117,7 @@ def test_sac_pbrs_with_warm_start(demos_and_model, tmp_path):
     assert steps[0] == 0 and steps[-1] == 120
     assert all(0 <= e["success_rate"] <= 1 for e in summary["evaluations"])
     assert "false_success_rate" in summary["hacking_watch"]
+    assert set(summary["self_imitation"]) == {"episodes", "transitions"}
     assert (out / "final_policy.zip").is_file()
 
 
@@ -157,6 +160,7 @@ def test_ppo_sparse_without_a_model(tmp_path):
         (["--n_critics", "2", "--critic_subset", "3"], "critic_subset"),
         (["--n_step", "0"], "n_step"),
         (["--n_step", "3", "--algo", "ppo"], "n_step applies to --algo sac"),
+        (["--self_imitation", "true"], "--self_imitation true adds to SAC's behaviour-cloning"),
     ],
 )
 def test_bad_input_before_training(args, message, capsys, tmp_path):
