@@ -300,10 +300,13 @@ def build(cfg: RLConfig):
         venv = make_reward_vec_env(fns, model, cfg.shaping, ctx)
     venv.seed(cfg.seed)
     policy_kwargs = {}
-    if cfg.obs_norm and cfg.demos:
-        from robo.rl.warmstart import load_demos, obs_norm_kwargs
+    if cfg.demos:
+        from robo.rl.warmstart import check_demo_states, load_demos, obs_norm_kwargs
 
-        policy_kwargs = obs_norm_kwargs(load_demos(cfg.demos, model)[0])
+        demos = load_demos(cfg.demos, model)[0]
+        check_demo_states(demos, venv.observation_space, cfg.demos, cfg.env)
+        if cfg.obs_norm:
+            policy_kwargs = obs_norm_kwargs(demos)
     common = dict(
         seed=cfg.seed, verbose=0, tensorboard_log=str(cfg.out_dir / "tb"), gamma=cfg.shaping.gamma
     )

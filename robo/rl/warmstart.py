@@ -85,6 +85,19 @@ def obs_norm_kwargs(demos: list) -> dict:
     }
 
 
+def check_demo_states(demos: list, observation_space, url: str, env_id: str) -> None:
+    """One-line error when the demonstrations' states are not this env's observations
+    (a store recorded before the observation layout changed, or of another env)."""
+    want = int(np.prod(observation_space.shape))
+    for ep in demos:
+        if ep.states.ndim != 2 or ep.states.shape[1] != want:
+            raise RoboError(
+                f"{url}: its demonstrations' states have {ep.states.shape[1:]} values, {env_id}'s "
+                f"observations {want}: re-record them with `robo collect --env {env_id}` "
+                "(the observation layout may have changed since they were recorded)"
+            )
+
+
 def clone_mask(ep) -> np.ndarray:
     """Per transition of a demo, whether its action is the expert's (False on scripted slips)."""
     mask = np.ones(len(ep) - 1, bool)

@@ -25,7 +25,11 @@ HOME_QPOS = np.array([0.0, 0.35, 1.9, 0.0, np.pi - 2.25, 0.0])
 DOWN = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])
 WORKSPACE_LOW = np.array([-0.3, -0.35, 0.005])
 WORKSPACE_HIGH = np.array([0.25, 0.35, 0.35])
-OBS_DIM = 24
+# Observation vector: tool position (0:3) and velocity (3:6), finger opening (6), pose
+# (position, quaternion) of up to two objects (7:14, 14:21), goal (21:24), then relative
+# positions: first object - tool (the goal - tool without objects) (24:27) and goal - first
+# object (27:30; zeros without objects).
+OBS_DIM = 30
 OBS_BOUND = 10.0  # positions in metres, velocities in m/s: far inside this
 
 
@@ -289,6 +293,14 @@ class TabletopEnv(gym.Env):
             a = self.obj_qadr[o.name]
             obs[7 + 7 * k : 14 + 7 * k] = self.data.qpos[a : a + 7]
         obs[21:24] = self.goal
+        # What grasping and placing turn on, given directly: a policy network would otherwise
+        # have to difference two absolute positions to a few millimetres.
+        if self.OBJECTS:
+            first = self.obj_pos(self.OBJECTS[0].name)
+            obs[24:27] = first - obs[0:3]
+            obs[27:30] = self.goal - first
+        else:
+            obs[24:27] = self.goal - obs[0:3]
         return obs
 
     def _info(self) -> dict[str, Any]:

@@ -299,3 +299,18 @@ def test_compare_reports_false_successes_before_and_after_refinement():
     assert agg["false_success_before_refine"] == pytest.approx(0.15)
     assert agg["false_success_after_refine"] == pytest.approx(0.03)
     assert agg["refinements"] == 4
+
+
+def test_demos_recorded_with_another_observation_layout_are_a_clear_error(tmp_path, capsys):
+    from tests.robo.test_store import make_episode, new_store
+
+    store = new_store(str(tmp_path / "old"))  # 5-value states: not pick-place's observations
+    store.append_episode(make_episode(6, index=0, success=np.ones(6, bool), outcome="success"))
+    code = main(
+        [
+            "rl", "train", "--env", "tabletop/pick-place-v0", "--shaping.mode", "sparse",
+            "--demos", str(tmp_path / "old"), "--steps", "10", "--out", str(tmp_path / "x"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "re-record them with `robo collect --env tabletop/pick-place-v0`" in err

@@ -55,6 +55,25 @@ def test_render_modes_and_views():
     env.close()
 
 
+@pytest.mark.parametrize("env_id", TASKS)
+def test_observation_carries_tool_object_and_goal_relative_positions(env_id):
+    env = sim.make(env_id, image_size=24)
+    u = env.unwrapped
+    obs, info = env.reset(seed=3)
+    for _ in range(5):
+        obs, *_ = env.step(env.action_space.sample())
+    tcp, goal = u.tcp, u.goal
+    np.testing.assert_allclose(obs[0:3], tcp)
+    np.testing.assert_allclose(obs[21:24], goal)
+    if u.OBJECTS:
+        first = u.obj_pos(u.OBJECTS[0].name)
+        np.testing.assert_allclose(obs[24:27], first - tcp, atol=1e-9)
+        np.testing.assert_allclose(obs[27:30], goal - first, atol=1e-9)
+    else:
+        np.testing.assert_allclose(obs[24:27], goal - tcp, atol=1e-9)
+        assert not obs[27:30].any()
+
+
 def test_multi_stage_tasks_exist():
     stages = [sim.make(e).unwrapped.num_stages for e in MULTI_STAGE]
     assert sum(s >= 2 for s in stages) >= 2
