@@ -145,7 +145,9 @@ class SelfImitationCallback(BaseCallback):
     def _on_step(self) -> bool:
         obs = self.model._last_obs  # the observations the actions were taken in
         actions = self.locals["buffer_actions"]  # in the policy's [-1, 1] scale
-        for k, (info, done) in enumerate(zip(self.locals["infos"], self.locals["dones"], strict=True)):
+        for k, (info, done) in enumerate(
+            zip(self.locals["infos"], self.locals["dones"], strict=True)
+        ):
             o, a, ok = self._eps.get(k, ([], [], False))
             o.append(np.array(obs[k], copy=True))
             a.append(np.array(actions[k], copy=True))

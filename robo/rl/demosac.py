@@ -109,7 +109,9 @@ class DemoSAC(SAC):
             "act": th.as_tensor(np.clip(np.asarray(act, np.float32), -1, 1), device=self.device),
         }
         if self.self_demos is not None:
-            new = {k: th.cat([self.self_demos[k], v])[-self.max_self_demos :] for k, v in new.items()}
+            new = {
+                k: th.cat([self.self_demos[k], v])[-self.max_self_demos :] for k, v in new.items()
+            }
         self.self_demos = new
 
     def set_demos(self, tr: dict[str, np.ndarray]) -> None:

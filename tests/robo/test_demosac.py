@@ -351,12 +351,16 @@ def test_normalised_observations_let_cloning_resolve_millimetres_and_save_with_t
     tr = demos()
     obs = tr["obs"] * 0.003
     mean, std = observation_stats(obs)
-    kw = {"features_extractor_class": ObsNormalizer,
-          "features_extractor_kwargs": {"mean": mean, "std": std}}
+    kw = {
+        "features_extractor_class": ObsNormalizer,
+        "features_extractor_kwargs": {"mean": mean, "std": std},
+    }
     losses = {}
     for name, policy_kwargs in (("raw", {}), ("normalised", kw)):
         torch.manual_seed(0)
-        a = DemoSAC("MlpPolicy", MilliLine(), learning_starts=0, seed=0, policy_kwargs=policy_kwargs)
+        a = DemoSAC(
+            "MlpPolicy", MilliLine(), learning_starts=0, seed=0, policy_kwargs=policy_kwargs
+        )
         losses[name] = behaviour_clone(a.policy, obs, tr["act"], epochs=60, std=0.2)
     assert losses["normalised"] < 0.2 * losses["raw"], losses
     for net in (a.actor, a.critic, a.critic_target):
@@ -367,7 +371,8 @@ def test_normalised_observations_let_cloning_resolve_millimetres_and_save_with_t
     a.save(tmp_path / "norm")
     b = DemoSAC.load(tmp_path / "norm")
     np.testing.assert_allclose(
-        b.predict(obs[:16], deterministic=True)[0], a.predict(obs[:16], deterministic=True)[0],
+        b.predict(obs[:16], deterministic=True)[0],
+        a.predict(obs[:16], deterministic=True)[0],
         atol=1e-6,
     )
     with pytest.raises(RoboError, match="do not fit observations of 1 values"):
@@ -411,4 +416,6 @@ def test_self_imitation_callback_hands_over_whole_successful_episodes():
         # the last action takes the point to the origin: the episode's success
         assert abs(np.clip(o[-1, 0] + 0.5 * act[-1, 0], -2, 2)) < 0.05
         # each action leads to the next observation
-        np.testing.assert_allclose(np.clip(o[:-1, 0] + 0.5 * act[:-1, 0], -2, 2), o[1:, 0], atol=1e-5)
+        np.testing.assert_allclose(
+            np.clip(o[:-1, 0] + 0.5 * act[:-1, 0], -2, 2), o[1:, 0], atol=1e-5
+        )

@@ -98,7 +98,6 @@ def test_sac_pbrs_with_warm_start(demos_and_model, tmp_path):
     )
     from robo.deferred_reward import DeferredNStepReplayBuffer
     from robo.rl.demosac import DemoSAC
-
     from robo.rl.warmstart import ObsNormalizer, load_demos
 
     policy = DemoSAC.load(out / "final_policy")
@@ -308,8 +307,18 @@ def test_demos_recorded_with_another_observation_layout_are_a_clear_error(tmp_pa
     store.append_episode(make_episode(6, index=0, success=np.ones(6, bool), outcome="success"))
     code = main(
         [
-            "rl", "train", "--env", "tabletop/pick-place-v0", "--shaping.mode", "sparse",
-            "--demos", str(tmp_path / "old"), "--steps", "10", "--out", str(tmp_path / "x"),
+            "rl",
+            "train",
+            "--env",
+            "tabletop/pick-place-v0",
+            "--shaping.mode",
+            "sparse",
+            "--demos",
+            str(tmp_path / "old"),
+            "--steps",
+            "10",
+            "--out",
+            str(tmp_path / "x"),
         ]
     )
     err = capsys.readouterr().err
