@@ -283,8 +283,9 @@ def replay_buffer_args(cfg: RLConfig, deferred: bool) -> dict:
     return {"replay_buffer_class": DeferredRewardReplayBuffer} if deferred else {}
 
 
-def build(cfg: RLConfig):
-    """Reward model, shaped vec env and SB3 algorithm."""
+def build(cfg: RLConfig, demos: tuple | None = None):
+    """Reward model, shaped vec env and SB3 algorithm (``demos``: ``load_demos``'s answer
+    for ``cfg.demos`` when the caller has it already)."""
     from stable_baselines3 import PPO
 
     from robo.deferred_reward import DeferredRewardVecEnv
@@ -304,10 +305,10 @@ def build(cfg: RLConfig):
     if cfg.demos:
         from robo.rl.warmstart import check_demo_states, load_demos, obs_norm_kwargs
 
-        demos = load_demos(cfg.demos, model)[0]
-        check_demo_states(demos, venv.observation_space, cfg.demos, cfg.env)
+        episodes = (demos or load_demos(cfg.demos, model))[0]
+        check_demo_states(episodes, venv.observation_space, cfg.demos, cfg.env)
         if cfg.obs_norm:
-            policy_kwargs = obs_norm_kwargs(demos)
+            policy_kwargs = obs_norm_kwargs(episodes)
     common = dict(
         seed=cfg.seed, verbose=0, tensorboard_log=str(cfg.out_dir / "tb"), gamma=cfg.shaping.gamma
     )
@@ -349,16 +350,17 @@ def train(cfg: RLConfig, progress_bar: bool = True) -> dict:
     from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
 
     from robo.rl.callbacks import SuccessEvalCallback
-    from robo.rl.warmstart import refresh_demo_rewards, warm_start
+    from robo.rl.warmstart import load_demos, refresh_demo_rewards, warm_start
 
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    model, ctx, venv, algo = build(cfg)
+    demos = load_demos(cfg.demos, None) if cfg.demos else None
+    model, ctx, venv, algo = build(cfg, demos)
     t0 = time.time()
-    warm = warm_start(cfg, algo, model, ctx) if cfg.demos and cfg.bc_epochs else {}
+    warm = warm_start(cfg, algo, model, ctx, demos) if cfg.demos and cfg.bc_epochs else {}
     eval_cb = SuccessEvalCallback(
         lambda: make_env_fn(cfg, _NoModel(), cfg.seed + 777)(),
         cfg.eval_every,

@@ -14,7 +14,7 @@ from robo.shaping import shaped_reward
 log = logging.getLogger(__name__)
 
 
-def load_demos(url: str, model) -> list:
+def load_demos(url: str, model) -> tuple[list, tuple]:
     """The store's demonstrations: successful expert and recovery (``recover``) episodes."""
     from robo.reward.data import is_training_demo
     from robo.store import EpisodeStore
@@ -239,9 +239,10 @@ def pretrain_critic(algo, steps: int) -> None:
     algo._custom_logger = False  # let learn() set up TensorBoard as usual
 
 
-def warm_start(cfg, algo, model, ctx) -> dict:
-    """BC the actor; for SAC also hand the demonstrations to the algorithm and pre-train the critic."""
-    demos, views = load_demos(cfg.demos, model)
+def warm_start(cfg, algo, model, ctx, demos: tuple | None = None) -> dict:
+    """BC the actor; for SAC also hand the demonstrations to the algorithm and pre-train the
+    critic (``demos``: ``load_demos(cfg.demos)``'s answer when the caller has it already)."""
+    demos, views = demos or load_demos(cfg.demos, model)
     tr = demo_transitions(demos, views, model, ctx, cfg)
     clone = tr["clone"]
     loss = behaviour_clone(
