@@ -69,6 +69,20 @@ def make(env_id: str, **kwargs) -> gym.Env:
     return gym.make(env_id, **kwargs)
 
 
+def invariant_obs(env_id: str) -> tuple[int, ...] | None:
+    """Indices of the observation that a shift of the whole scene leaves unchanged, as the
+    task declares them (``INVARIANT_OBS`` on its class), or ``None`` where it declares none."""
+    spec = gym.spec(env_id)
+    entry = spec.entry_point
+    if isinstance(entry, str):
+        import importlib
+
+        module, name = entry.split(":")
+        entry = getattr(importlib.import_module(module), name)
+    keep = getattr(entry, "INVARIANT_OBS", None)
+    return None if keep is None else tuple(int(i) for i in keep)
+
+
 _register()
 
-__all__ = ["SimError", "make", "list_envs", "TABLETOP_TASKS"]
+__all__ = ["SimError", "make", "list_envs", "invariant_obs", "TABLETOP_TASKS"]

@@ -41,6 +41,12 @@ class Algo(StrEnum):
     ppo = "ppo"
 
 
+class PolicyObs(StrEnum):
+    auto = "auto"  # the env's invariant part where it declares one, else everything
+    all = "all"
+    invariant = "invariant"
+
+
 @dataclass
 class RLConfig:
     """Settings of one RL run."""
@@ -65,6 +71,11 @@ class RLConfig:
     # normalise observations by the demonstrations' per-dimension mean and std (fixed; a
     # layer of the policy and critics, saved with them). Needs --demos; off without them.
     obs_norm: bool = True
+    # what of the observation the policy and critics see (a selection inside the normaliser):
+    # invariant: the part a shift of the whole scene leaves unchanged (heights, gripper,
+    # orientations, relative positions; the env declares it) | all | auto (invariant where the
+    # env declares it, else all).
+    policy_obs: str = "auto"
     # exploration noise (pre-squashing std) the cloned policy starts with.
     bc_std: float = 0.2
     # SAC: share of every minibatch drawn from the demonstrations (0: replay only).
@@ -119,6 +130,12 @@ class RLConfig:
 
     def __post_init__(self) -> None:
         self.algo = Algo(self.algo)
+        try:
+            self.policy_obs = PolicyObs(self.policy_obs)
+        except ValueError:
+            raise RoboError(
+                f"--policy_obs {self.policy_obs!r}: use auto, all or invariant"
+            ) from None
         if not self.env:
             raise RoboError("--env is required (see `robo envs`)")
         if self.steps < 1 or self.n_envs < 1:
@@ -139,6 +156,11 @@ class RLConfig:
 
     def validate(self) -> None:
         """Checks that depend on the combination of reward and shaping (run before training)."""
+        if self.policy_obs is PolicyObs.invariant and not (self.demos and self.obs_norm):
+            raise RoboError(
+                "--policy_obs invariant selects inputs inside the observation normaliser: it "
+                "needs --demos <store> and --obs_norm true"
+            )
         if self.ibrl and (self.algo is not Algo.sac or not self.demos or not self.bc_epochs):
             raise RoboError(
                 "--ibrl true needs --algo sac, --demos <store> and --bc_epochs > 0 (the cloned actor)"
@@ -283,6 +305,21 @@ def replay_buffer_args(cfg: RLConfig, deferred: bool) -> dict:
     return {"replay_buffer_class": DeferredRewardReplayBuffer} if deferred else {}
 
 
+def policy_obs_indices(cfg: RLConfig) -> list[int] | None:
+    """The observation indices the networks see under ``--policy_obs`` (``None``: all)."""
+    import sim
+
+    if cfg.policy_obs is PolicyObs.all:
+        return None
+    keep = sim.invariant_obs(cfg.env)
+    if keep is None and cfg.policy_obs is PolicyObs.invariant:
+        raise RoboError(
+            f"--policy_obs invariant: {cfg.env} declares no invariant part of its observation; "
+            "use --policy_obs all"
+        )
+    return None if keep is None else list(keep)
+
+
 def build(cfg: RLConfig, demos: tuple | None = None):
     """Reward model, shaped vec env and SB3 algorithm (``demos``: ``load_demos``'s answer
     for ``cfg.demos`` when the caller has it already)."""
@@ -308,7 +345,7 @@ def build(cfg: RLConfig, demos: tuple | None = None):
         episodes = (demos or load_demos(cfg.demos, model))[0]
         check_demo_states(episodes, venv.observation_space, cfg.demos, cfg.env)
         if cfg.obs_norm:
-            policy_kwargs = obs_norm_kwargs(episodes)
+            policy_kwargs = obs_norm_kwargs(episodes, policy_obs_indices(cfg))
     common = dict(
         seed=cfg.seed, verbose=0, tensorboard_log=str(cfg.out_dir / "tb"), gamma=cfg.shaping.gamma
     )

@@ -30,7 +30,8 @@ def load_demos(url: str, model) -> tuple[list, tuple]:
 
 
 class ObsNormalizer(BaseFeaturesExtractor):
-    """Fixed affine normalisation of flat observations, ``clip((x - mean) / std)``.
+    """Fixed affine normalisation of flat observations, ``clip((x - mean) / std)``, optionally
+    of a subset of them (``keep``: the indices the networks see, in order).
 
     The statistics come from the demonstrations and are buffers of the policy (saved and
     loaded with it). Raw state observations mix units and scales (positions in metres,
@@ -40,22 +41,30 @@ class ObsNormalizer(BaseFeaturesExtractor):
     normalised). Clipping keeps states far outside the demonstrations' range bounded.
     """
 
-    def __init__(self, observation_space, mean, std, clip: float = 5.0):
-        super().__init__(observation_space, int(np.prod(observation_space.shape)))
+    def __init__(self, observation_space, mean, std, clip: float = 5.0, keep=None):
+        n_obs = int(np.prod(observation_space.shape))
+        keep = list(range(n_obs)) if keep is None else [int(i) for i in keep]
+        if not keep or min(keep) < 0 or max(keep) >= n_obs or len(set(keep)) != len(keep):
+            raise RoboError(
+                f"observation indices {keep} must be distinct and lie in 0..{n_obs - 1} "
+                "(check --policy_obs against the env's observation)"
+            )
+        super().__init__(observation_space, len(keep))
         mean = np.asarray(mean, np.float32).reshape(-1)
         std = np.asarray(std, np.float32).reshape(-1)
-        if mean.shape != (self.features_dim,) or std.shape != mean.shape or np.any(std <= 0):
+        if mean.shape != (n_obs,) or std.shape != mean.shape or np.any(std <= 0):
             raise RoboError(
                 f"observation statistics of shape {mean.shape}/{std.shape} do not fit observations "
-                f"of {self.features_dim} values (or a std is not positive)"
+                f"of {n_obs} values (or a std is not positive)"
             )
         self.register_buffer("mean", torch.as_tensor(mean))
         self.register_buffer("std", torch.as_tensor(std))
+        self.register_buffer("keep", torch.as_tensor(keep, dtype=torch.long))
         self.clip = float(clip)
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         x = (observations.flatten(1).float() - self.mean) / self.std
-        return x.clamp(-self.clip, self.clip)
+        return x.clamp(-self.clip, self.clip)[:, self.keep]
 
 
 def observation_stats(states: np.ndarray, floor: float = 0.1) -> tuple[list, list]:
@@ -76,13 +85,14 @@ def observation_stats(states: np.ndarray, floor: float = 0.1) -> tuple[list, lis
     return mean.tolist(), std.tolist()
 
 
-def obs_norm_kwargs(demos: list) -> dict:
-    """``policy_kwargs`` that put an ``ObsNormalizer`` fitted to ``demos`` in front of every network."""
+def obs_norm_kwargs(demos: list, keep=None) -> dict:
+    """``policy_kwargs`` that put an ``ObsNormalizer`` fitted to ``demos`` in front of every
+    network (``keep``: the observation indices the networks see; ``None``: all)."""
     mean, std = observation_stats(np.concatenate([ep.states for ep in demos]))
-    return {
-        "features_extractor_class": ObsNormalizer,
-        "features_extractor_kwargs": {"mean": mean, "std": std},
-    }
+    kwargs = {"mean": mean, "std": std}
+    if keep is not None:
+        kwargs["keep"] = [int(i) for i in keep]
+    return {"features_extractor_class": ObsNormalizer, "features_extractor_kwargs": kwargs}
 
 
 def check_demo_states(demos: list, observation_space, url: str, env_id: str) -> None:

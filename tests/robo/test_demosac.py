@@ -379,6 +379,20 @@ def test_normalised_observations_let_cloning_resolve_millimetres_and_save_with_t
         ObsNormalizer(MilliLine.observation_space, [0.0, 0.0], [1.0, 1.0])
 
 
+def test_normaliser_can_select_the_inputs_the_networks_see():
+    from robo.errors import RoboError
+    from robo.rl.warmstart import ObsNormalizer
+
+    space = gym.spaces.Box(-10, 10, (4,), np.float32)
+    norm = ObsNormalizer(space, [0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 2.0, 1.0], keep=[3, 0, 2])
+    assert norm.features_dim == 3
+    x = torch.tensor([[1.0, 5.0, 6.0, 4.0]])
+    np.testing.assert_allclose(norm(x).numpy(), [[1.0, 1.0, 2.0]])
+    for keep in ([], [0, 4], [1, 1]):
+        with pytest.raises(RoboError, match="must be distinct and lie in 0..3"):
+            ObsNormalizer(space, [0.0] * 4, [1.0] * 4, keep=keep)
+
+
 def test_self_imitation_rows_join_the_bc_term(algo):
     """The policy's own successes are cloned beside the demos: in states the demos never
     show (x in [1.5, 2]) the actor follows the successful episodes' action, not the demos'

@@ -104,9 +104,24 @@ def test_sac_pbrs_with_warm_start(demos_and_model, tmp_path):
     assert tuple(policy.q_bounds) == (-1.0, 2.0) and len(policy.critic.q_networks) == 3
     # observations are normalised by the demonstrations' statistics, in actor and critics
     states = np.concatenate([ep.states for ep in load_demos(demos, None)[0]])
+    import sim
+
+    keep = list(sim.invariant_obs("tabletop/reach-v0"))
     for net in (policy.actor, policy.critic, policy.bc_actor):
         assert isinstance(net.features_extractor, ObsNormalizer)
         np.testing.assert_allclose(net.features_extractor.mean.numpy(), states.mean(0), atol=1e-5)
+        # --policy_obs auto: the networks see only the env's invariant part
+        assert net.features_extractor.keep.tolist() == keep
+        assert net.features_extractor.features_dim == len(keep)
+    # so the policy's actions ignore absolute table positions and velocities
+    dropped = [i for i in range(states.shape[1]) if i not in keep]
+    shifted = states[:8].copy()
+    shifted[:, dropped] += np.random.default_rng(0).normal(0, 0.05, (8, len(dropped)))
+    np.testing.assert_allclose(
+        policy.predict(shifted, deterministic=True)[0],
+        policy.predict(states[:8], deterministic=True)[0],
+        atol=1e-6,
+    )
     assert policy.replay_buffer_class is DeferredNStepReplayBuffer
     assert policy.replay_buffer_kwargs == {"n_steps": 3, "gamma": 0.99}
     summary = json.loads((out / "summary.json").read_text())
@@ -160,6 +175,8 @@ def test_ppo_sparse_without_a_model(tmp_path):
         (["--n_step", "0"], "n_step"),
         (["--n_step", "3", "--algo", "ppo"], "n_step applies to --algo sac"),
         (["--self_imitation", "true"], "--self_imitation true adds to SAC's behaviour-cloning"),
+        (["--policy_obs", "relative"], "--policy_obs 'relative': use auto, all or invariant"),
+        (["--policy_obs", "invariant"], "--policy_obs invariant selects inputs inside"),
     ],
 )
 def test_bad_input_before_training(args, message, capsys, tmp_path):

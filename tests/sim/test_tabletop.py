@@ -74,6 +74,25 @@ def test_observation_carries_tool_object_and_goal_relative_positions(env_id):
         assert not obs[27:30].any()
 
 
+@pytest.mark.parametrize("env_id", TASKS)
+def test_invariant_observation_part_leaves_out_table_positions_and_velocity(env_id):
+    """The declared invariant part holds the heights, the gripper and the relative positions,
+    never an absolute table position or the tool's velocity (which moves with every step)."""
+    keep = sim.invariant_obs(env_id)
+    assert keep is not None and set(keep) <= set(range(30))
+    assert not {0, 1, 3, 4, 5, 7, 8, 14, 15, 21, 22} & set(keep)  # absolute xy, velocity
+    assert {2, 6, 9, 24, 25, 26, 27, 28, 29} <= set(keep)  # heights, gripper, relative
+    env = sim.make(env_id, image_size=24)
+    env.reset(seed=5)
+    for _ in range(3):  # moving sideways: velocity and tool xy change
+        moving, *_ = env.step(np.array([1.0, 0.0, 0.0, -1.0]))
+    assert np.abs(moving[3:6]).max() > 1e-3
+
+
+def test_metaworld_declares_no_invariant_part():
+    assert sim.invariant_obs(next(e for e in sim.list_envs() if e.startswith("metaworld/"))) is None
+
+
 def test_multi_stage_tasks_exist():
     stages = [sim.make(e).unwrapped.num_stages for e in MULTI_STAGE]
     assert sum(s >= 2 for s in stages) >= 2
