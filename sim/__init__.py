@@ -70,8 +70,9 @@ def make(env_id: str, **kwargs) -> gym.Env:
 
 
 def invariant_obs(env_id: str) -> tuple[int, ...] | None:
-    """Indices of the observation that a shift of the whole scene leaves unchanged, as the
-    task declares them (``INVARIANT_OBS`` on its class), or ``None`` where it declares none."""
+    """Indices of the observation that a shift of the whole scene leaves unchanged, less the
+    tool's velocity (a cloned policy copies it), as the task declares them (``INVARIANT_OBS``
+    on its class), or ``None`` where it declares none."""
     spec = gym.spec(env_id)
     entry = spec.entry_point
     if isinstance(entry, str):

@@ -59,8 +59,15 @@ class ObsNormalizer(BaseFeaturesExtractor):
             )
         self.register_buffer("mean", torch.as_tensor(mean))
         self.register_buffer("std", torch.as_tensor(std))
-        self.register_buffer("keep", torch.as_tensor(keep, dtype=torch.long))
+        # rebuilt from the saved kwargs on load, so policies saved before it existed still load
+        self.register_buffer("keep", torch.as_tensor(keep, dtype=torch.long), persistent=False)
         self.clip = float(clip)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # ``keep`` comes from the kwargs; a copy saved with the weights (as early
+        # checkpoints did) is dropped
+        state_dict.pop(prefix + "keep", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         x = (observations.flatten(1).float() - self.mean) / self.std

@@ -391,6 +391,12 @@ def test_normaliser_can_select_the_inputs_the_networks_see():
     for keep in ([], [0, 4], [1, 1]):
         with pytest.raises(RoboError, match="must be distinct and lie in 0..3"):
             ObsNormalizer(space, [0.0] * 4, [1.0] * 4, keep=keep)
+    # the selection comes from the kwargs: weights saved without it, or with it, both load
+    weights = {"mean": norm.mean.clone(), "std": norm.std.clone()}
+    fresh = ObsNormalizer(space, [0.0] * 4, [1.0] * 4, keep=[3, 0, 2])
+    fresh.load_state_dict(weights)
+    fresh.load_state_dict({**weights, "keep": torch.tensor([0, 1, 2, 3])})
+    np.testing.assert_allclose(fresh(x).numpy(), [[1.0, 1.0, 2.0]])
 
 
 def test_self_imitation_rows_join_the_bc_term(algo):
