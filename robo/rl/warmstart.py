@@ -98,7 +98,7 @@ def obs_norm_kwargs(demos: list, keep=None) -> dict:
     mean, std = observation_stats(np.concatenate([ep.states for ep in demos]))
     kwargs = {"mean": mean, "std": std}
     if keep is not None:
-        kwargs["keep"] = [int(i) for i in keep]
+        kwargs["keep"] = list(keep)  # ObsNormalizer checks and converts them
     return {"features_extractor_class": ObsNormalizer, "features_extractor_kwargs": kwargs}
 
 
