@@ -19,7 +19,10 @@ demonstrations are given:
   actor to the few demonstrations; with it, every success the policy finds widens what
   it imitates to the states it actually visits.
 * **Critic-only updates** (``train(..., critic_only=True)``) for pre-training the critic on
-  the demonstrations with the actor frozen before RL starts.
+  the demonstrations with the actor frozen before RL starts, and an **actor delay**
+  (``actor_delay``): for the first environment steps of RL only the critic learns, from the
+  demonstrations and the cloned policy's own rollouts, so that the actor first moves on a
+  critic that has seen the states the policy visits rather than the demonstrations only.
 * **Critic ensembles** (``n_critics`` in ``policy_kwargs``, ``critic_subset``), optional:
   the TD target takes the minimum over a random subset of the ensemble (REDQ, Chen et al.
   2021; RLPD), the actor maximises the ensemble's mean. With a higher update-to-data
@@ -83,6 +86,7 @@ class DemoSAC(SAC):
         ibrl: bool = False,
         critic_subset: int = 0,
         q_bounds: tuple[float, float] | None = None,
+        actor_delay: int = 0,
         **kwargs,
     ):
         if q_bounds is not None and not q_bounds[0] < q_bounds[1]:
@@ -90,6 +94,9 @@ class DemoSAC(SAC):
         self.q_bounds = None if q_bounds is None else (float(q_bounds[0]), float(q_bounds[1]))
         self.ibrl = bool(ibrl)
         self.critic_subset = int(critic_subset)
+        if actor_delay < 0:
+            raise ValueError(f"actor_delay={actor_delay} must be at least 0")
+        self.actor_delay = int(actor_delay)
         self.bc_actor = None
         super().__init__(*args, **kwargs)
         self.q_filter = bool(q_filter)
@@ -184,12 +191,12 @@ class DemoSAC(SAC):
         return (action if vectorized else action[0]), state
 
     # ----------------------------------------------------------------- batches and updates
-    def _batch(self, batch_size: int, critic_only: bool):
+    def _batch(self, batch_size: int, demos_only: bool):
         """(obs, act, rew, next, done, discount, n_demo, clone): demos first, then replay;
         ``clone`` (n_demo, 1) weights the demo rows in the BC term."""
         n_demo, clone = 0, None
         if self.demos is not None:
-            n_demo = batch_size if critic_only else int(round(batch_size * self.demo_ratio))
+            n_demo = batch_size if demos_only else int(round(batch_size * self.demo_ratio))
         parts = []
         if n_demo:
             idx = th.randint(len(self.demos["obs"]), (n_demo,), device=self.device)
@@ -212,14 +219,19 @@ class DemoSAC(SAC):
         return (*cols, n_demo, clone)
 
     def train(self, gradient_steps: int, batch_size: int = 64, critic_only: bool = False) -> None:
+        """SAC's updates with the additions above. ``critic_only``: critic updates on the
+        demonstrations alone (pre-training); within the first ``actor_delay`` env steps the
+        critic learns from the usual demo/replay mix while the actor and entropy stay put."""
+        demos_only = critic_only
+        critic_only = critic_only or self.num_timesteps < self.actor_delay
         self.policy.set_training_mode(True)
         optimizers = [self.actor.optimizer, self.critic.optimizer]
         if self.ent_coef_optimizer is not None:
             optimizers += [self.ent_coef_optimizer]
         self._update_learning_rate(optimizers)
-        actor_losses, critic_losses, bc_losses, ent_coefs = [], [], [], []
+        actor_losses, critic_losses, bc_losses, ent_coefs, q_means = [], [], [], [], []
         for step in range(gradient_steps):
-            obs, act, rew, nxt, done, disc, n_demo, clone = self._batch(batch_size, critic_only)
+            obs, act, rew, nxt, done, disc, n_demo, clone = self._batch(batch_size, demos_only)
             actions_pi, log_prob = self.actor.action_log_prob(obs)
             log_prob = log_prob.reshape(-1, 1)
             if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
@@ -246,6 +258,7 @@ class DemoSAC(SAC):
                 if self.q_bounds is not None:
                     target_q = target_q.clamp(*self.q_bounds)
             current_q = self.critic(obs, act)
+            q_means.append(current_q[0].mean().item())
             critic_loss = 0.5 * sum(F.mse_loss(q, target_q) for q in current_q)
             critic_losses.append(critic_loss.item())
             self.critic.optimizer.zero_grad()
@@ -289,6 +302,8 @@ class DemoSAC(SAC):
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/ent_coef", float(np.mean(ent_coefs)))
         self.logger.record("train/critic_loss", float(np.mean(critic_losses)))
+        # the critic's mean value on the batch: above the return's range means over-estimation
+        self.logger.record("train/q_mean", float(np.mean(q_means)))
         if actor_losses:
             self.logger.record("train/actor_loss", float(np.mean(actor_losses)))
         if bc_losses:

@@ -68,6 +68,9 @@ class RLConfig:
     bc_epochs: int = 1000
     # SAC: critic pre-training steps on the demonstrations with the actor frozen.
     critic_warmup: int = 500
+    # SAC: env steps at the start of RL during which only the critic learns (from the demos
+    # and the cloned policy's own rollouts); the actor stays the clone until then.
+    actor_delay: int = 0
     # normalise observations by the demonstrations' per-dimension mean and std (fixed; a
     # layer of the policy and critics, saved with them). Needs --demos; off without them.
     obs_norm: bool = True
@@ -91,6 +94,8 @@ class RLConfig:
     init_ent_coef: float = 0.01
     # SAC: gradient steps per environment step (update-to-data ratio).
     utd: int = 1
+    # SAC: minibatch size of every gradient step (demos and replay together).
+    batch_size: int = 256
     # SAC: imitation-bootstrapped RL (Hu et al. 2023): a frozen copy of the cloned actor
     # proposes actions beside the RL actor; the critic picks the better one (acting and
     # in the TD target). Needs --demos and --bc_epochs > 0.
@@ -144,8 +149,13 @@ class RLConfig:
             raise RoboError(f"--demo_ratio {self.demo_ratio} must lie in [0, 1)")
         if self.target_entropy not in ("bc", "auto"):
             raise RoboError(f"--target_entropy {self.target_entropy!r}: use bc or auto")
-        if self.bc_std <= 0 or self.init_ent_coef <= 0 or self.utd < 1:
-            raise RoboError("--bc_std and --init_ent_coef must be positive and --utd at least 1")
+        if self.bc_std <= 0 or self.init_ent_coef <= 0 or self.utd < 1 or self.batch_size < 2:
+            raise RoboError(
+                "--bc_std and --init_ent_coef must be positive, --utd at least 1 and "
+                "--batch_size at least 2"
+            )
+        if self.actor_delay < 0:
+            raise RoboError(f"--actor_delay {self.actor_delay} must be at least 0 (0: no delay)")
         if self.n_step < 1:
             raise RoboError(f"--n_step {self.n_step} must be at least 1 (1: one-step TD targets)")
         if self.n_critics < 1 or not 0 <= self.critic_subset <= self.n_critics:
@@ -361,9 +371,11 @@ def build(cfg: RLConfig, demos: tuple | None = None):
             ibrl=cfg.ibrl and warm,
             critic_subset=cfg.critic_subset,
             q_bounds=return_bounds(cfg.shaping) if cfg.q_clip else None,
+            actor_delay=cfg.actor_delay if warm else 0,
             policy_kwargs={"n_critics": cfg.n_critics, **policy_kwargs},
             ent_coef=f"auto_{cfg.init_ent_coef}" if warm else "auto",
             gradient_steps=cfg.utd,
+            batch_size=cfg.batch_size,
             **replay_buffer_args(cfg, deferred),
             **common,
         )

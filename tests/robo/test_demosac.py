@@ -83,13 +83,37 @@ def test_rl_with_bc_term_keeps_the_cloned_policy(algo):
     assert a.logger.name_to_value.get("train/bc_loss", 0.0) >= 0.0
 
 
+def test_actor_delay_trains_the_critic_on_replay_while_the_actor_stays_the_clone():
+    """Within ``actor_delay`` env steps only the critic moves, and its batches hold the
+    policy's own rollouts beside the demos; past the delay the actor learns as usual."""
+    torch.manual_seed(0)
+    a = DemoSAC(
+        "MlpPolicy", Line(), learning_starts=0, seed=0, ent_coef="auto_0.01", actor_delay=200
+    )
+    a.set_demos(demos())
+    before, ent = actor_params(a), a.log_ent_coef.item()
+    critic_before = [p.detach().clone() for p in a.critic.parameters()]
+    a.learn(150)
+    assert all(torch.equal(x, y) for x, y in zip(before, actor_params(a), strict=True))
+    assert a.log_ent_coef.item() == ent
+    assert any(
+        not torch.equal(x, y) for x, y in zip(critic_before, a.critic.parameters(), strict=True)
+    )
+    *_, n_demo, _ = a._batch(64, demos_only=False)
+    assert n_demo == 16  # the default demo_ratio 0.25: the rest comes from replay
+    a.learn(150, reset_num_timesteps=False)  # past the delay
+    assert any(not torch.equal(x, y) for x, y in zip(before, actor_params(a), strict=True))
+    with pytest.raises(ValueError, match="actor_delay"):
+        DemoSAC("MlpPolicy", Line(), actor_delay=-1)
+
+
 def test_demo_share_of_batches():
     a = DemoSAC("MlpPolicy", Line(), learning_starts=0, seed=0, demo_ratio=0.5)
     a.set_demos(demos(50))
     a.learn(10)
-    *_, n_demo, clone = a._batch(64, critic_only=False)
+    *_, n_demo, clone = a._batch(64, demos_only=False)
     assert n_demo == 32 and clone.shape == (32, 1) and bool((clone == 1).all())
-    *_, n_all, _ = a._batch(64, critic_only=True)
+    *_, n_all, _ = a._batch(64, demos_only=True)
     assert n_all == 64
     with pytest.raises(ValueError, match="demo_ratio"):
         DemoSAC("MlpPolicy", Line(), demo_ratio=1.0)

@@ -173,6 +173,7 @@ def test_ppo_sparse_without_a_model(tmp_path):
         (["--algo", "dqn"], "algo"),
         (["--n_critics", "2", "--critic_subset", "3"], "critic_subset"),
         (["--n_step", "0"], "n_step"),
+        (["--actor_delay", "-5"], "--actor_delay -5 must be at least 0"),
         (["--n_step", "3", "--algo", "ppo"], "n_step applies to --algo sac"),
         (["--self_imitation", "true"], "--self_imitation true adds to SAC's behaviour-cloning"),
         (["--policy_obs", "relative"], "--policy_obs 'relative': use auto, all or invariant"),
