@@ -130,6 +130,7 @@ def train_policies(cfg: DemoConfig, model_dir: Path, demos: str, out: Path) -> d
         eval_episodes=10,
         bc_epochs=1500,
         critic_warmup=300,
+        actor_delay=cfg.rl_steps // 3,
     )
     conditions = [
         Condition("sparse", "none", ShapingConfig(mode="sparse")),

@@ -68,9 +68,10 @@ class RLConfig:
     bc_epochs: int = 1000
     # SAC: critic pre-training steps on the demonstrations with the actor frozen.
     critic_warmup: int = 500
-    # SAC: env steps at the start of RL during which only the critic learns (from the demos
-    # and the cloned policy's own rollouts); the actor stays the clone until then.
-    actor_delay: int = 0
+    # SAC, warm-started: env steps at the start of RL during which only the critic learns
+    # (from the demos and the cloned policy's own rollouts); the actor stays the clone until
+    # then (without it a strong clone lost half its success in the first episodes).
+    actor_delay: int = 2000
     # normalise observations by the demonstrations' per-dimension mean and std (fixed; a
     # layer of the policy and critics, saved with them). Needs --demos; off without them.
     obs_norm: bool = True
@@ -108,8 +109,9 @@ class RLConfig:
     # SAC: LayerNorm in the critics' hidden layers (RLPD).
     critic_layernorm: bool = False
     # SAC: clip TD targets to the range the return can take (sparse: [0, bonus]; pbrs with
-    # a potential in [0, 1]: [-1, bonus + 1]; other modes are not clipped).
-    q_clip: bool = False
+    # a potential in [0, 1]: [-1, bonus + 1]; other modes are not clipped). Without it the
+    # critic over-estimates: Q of 2-4 where the sparse return is at most 1.
+    q_clip: bool = True
     # SAC: critics in the ensemble (2: SAC's pair). With more, the actor maximises their mean.
     n_critics: int = 2
     # SAC: critics whose minimum is the TD target, drawn at random each update (REDQ; 0: all).
