@@ -222,8 +222,7 @@ class DemoSAC(SAC):
         """SAC's updates with the additions above. ``critic_only``: critic updates on the
         demonstrations alone (pre-training); within the first ``actor_delay`` env steps the
         critic learns from the usual demo/replay mix while the actor and entropy stay put."""
-        demos_only = critic_only
-        critic_only = critic_only or self.num_timesteps < self.actor_delay
+        actor_frozen = critic_only or self.num_timesteps < self.actor_delay
         self.policy.set_training_mode(True)
         optimizers = [self.actor.optimizer, self.critic.optimizer]
         if self.ent_coef_optimizer is not None:
@@ -231,12 +230,14 @@ class DemoSAC(SAC):
         self._update_learning_rate(optimizers)
         actor_losses, critic_losses, bc_losses, ent_coefs, q_means = [], [], [], [], []
         for step in range(gradient_steps):
-            obs, act, rew, nxt, done, disc, n_demo, clone = self._batch(batch_size, demos_only)
+            obs, act, rew, nxt, done, disc, n_demo, clone = self._batch(
+                batch_size, demos_only=critic_only
+            )
             actions_pi, log_prob = self.actor.action_log_prob(obs)
             log_prob = log_prob.reshape(-1, 1)
             if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
                 ent_coef = th.exp(self.log_ent_coef.detach())
-                if not critic_only:
+                if not actor_frozen:
                     ent_loss = -(
                         self.log_ent_coef * (log_prob + self.target_entropy).detach()
                     ).mean()
@@ -265,7 +266,7 @@ class DemoSAC(SAC):
             critic_loss.backward()
             self.critic.optimizer.step()
 
-            if not critic_only:
+            if not actor_frozen:
                 q_pi = self._q_value(self.critic, obs, actions_pi)
                 actor_loss = (ent_coef * log_prob - q_pi).mean()
                 if self.q_normalize and n_demo and self.bc_weight > 0:
