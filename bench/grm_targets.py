@@ -32,7 +32,7 @@ from sim.metaworld_env import MT10_TASKS  # noqa: E402
 
 TABLETOP = ["tabletop/reach-v0", "tabletop/push-v0", "tabletop/pick-place-v0", "tabletop/stack-v0"]
 MT10 = [f"metaworld/{t}" for t in MT10_TASKS]
-HELD_OUT = ["metaworld/door-close-v3", "metaworld/button-press-v3", "metaworld/drawer-open-v3"]
+HELD_OUT = ["metaworld/door-close-v3", "metaworld/button-press-v3", "metaworld/faucet-open-v3"]
 EVAL_POLICIES = ("noisy:0.3", "near-miss", "undo", "half", "random-freeze")
 TRAIN_POLICIES = ("noisy:0.3", "near-miss", "half", "random-freeze")
 
@@ -68,8 +68,12 @@ def build_data(env_id: str, root: Path, a) -> dict[str, Path]:
     paths = {k: root / "data" / f"{name(env_id)}-{k}" for k in ("train", "eval")}
     if not paths["train"].exists():
         collect(env_id, paths["train"], a.demos, "expert", 0, a.size)
-        for k, p in enumerate(TRAIN_POLICIES):
+        for k, p in enumerate(TRAIN_POLICIES if a.train_rollouts else ()):
             collect(env_id, paths["train"], a.train_rollouts, p, 10_000 + 1000 * k, a.size)
+        if a.recover_demos and env_id.startswith("tabletop/"):
+            # Recovery demos (dropped and grasped again) teach the fall back a stage; Meta-World's
+            # scripted policies rarely recover, so only our own tasks get them.
+            collect(env_id, paths["train"], a.recover_demos, "recover", 20_000, a.size)
     if not paths["eval"].exists():
         collect(env_id, paths["eval"], a.eval_demos, "expert", 100_000, a.size)
         for k, p in enumerate(EVAL_POLICIES):
@@ -161,6 +165,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--demos", type=int, default=30)
     ap.add_argument("--train_rollouts", type=int, default=4)
+    ap.add_argument("--recover_demos", type=int, default=5, help="tabletop tasks only")
     ap.add_argument("--eval_demos", type=int, default=5)
     ap.add_argument("--eval_rollouts", type=int, default=4)
     ap.add_argument("--exploit_sequences", type=int, default=64)
@@ -195,7 +200,9 @@ def main() -> None:
         s = evaluate(model, d["eval"], f"{d['train']}:0", root / "eval" / name(t), a)
         rows.append(row(t, s, True))
     for t in [h for h in a.held_out.split(",") if h]:
-        paths = build_data(t, root, argparse.Namespace(**{**vars(a), "demos": 1}))
+        # One demo to adapt from; no rollouts of a held-out task are ever trained on.
+        one_shot = {"demos": 1, "train_rollouts": 0, "recover_demos": 0}
+        paths = build_data(t, root, argparse.Namespace(**{**vars(a), **one_shot}))
         adapted = root / "adapted" / name(t)
         if not adapted.exists():
             robo(

@@ -25,6 +25,13 @@ class Perspective(StrEnum):
 ALL_PERSPECTIVES = ("incremental", "forward", "backward")
 
 
+class ForwardAnchor(StrEnum):
+    """What the forward-anchored perspective hops from (progress 0)."""
+
+    episode = "episode"  # the episode's own first frame (same scene as the current frame)
+    reference = "reference"  # the task context's reference start frame (another scene)
+
+
 @dataclass
 class GRMConfig:
     """Architecture and inference settings of a GRM.
@@ -45,6 +52,9 @@ class GRMConfig:
         view_dropout: training probability of masking each view of a frame set.
         context_dropout: training probability of masking the start or goal context.
         perspectives: which perspectives inference fuses.
+        forward_anchor: the forward perspective hops from the episode's own first frame
+            (``episode``, the default: every episode starts at progress 0 in its own scene)
+            or from the context's reference start frame (``reference``).
         fusion_alpha: alpha of the consistency weight ``w = exp(-alpha * delta**2)``.
         success_delta: success when progress >= 1 - delta.
         num_stages: stage count of the task family (for stage read-outs), informational.
@@ -65,6 +75,7 @@ class GRMConfig:
     view_dropout: float = 0.15
     context_dropout: float = 0.2
     perspectives: tuple[str, ...] = ALL_PERSPECTIVES
+    forward_anchor: ForwardAnchor = ForwardAnchor.episode
     fusion_alpha: float = 2.0
     success_delta: float = 0.05
     extra: dict = field(default_factory=dict)
@@ -75,6 +86,12 @@ class GRMConfig:
         self.channels = tuple(int(c) for c in self.channels)
         self.perspectives = tuple(str(getattr(p, "value", p)) for p in self.perspectives)
         self.encoder = EncoderKind(self.encoder)
+        try:
+            self.forward_anchor = ForwardAnchor(self.forward_anchor)
+        except ValueError:
+            raise ValueError(
+                f"GRMConfig.forward_anchor={self.forward_anchor!r}: choose episode or reference"
+            ) from None
         if not self.views:
             raise ValueError("GRMConfig.views is empty: name the camera views the model sees")
         if self.num_bins < 3 or self.num_bins % 2 == 0:
@@ -99,9 +116,12 @@ class GRMConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["encoder"] = self.encoder.value
+        d["forward_anchor"] = self.forward_anchor.value
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> GRMConfig:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        # Checkpoints written before the option existed were trained from the reference start.
+        known.setdefault("forward_anchor", ForwardAnchor.reference)
         return cls(**known)

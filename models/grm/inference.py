@@ -6,7 +6,8 @@ each observed frame once, then runs the enabled perspectives in one batched fusi
 pass:
 
 * incremental: hop from the previous frame, chained onto the previous progress;
-* forward-anchored: hop from the reference start frame (progress 0);
+* forward-anchored: hop from the episode's own first frame (progress 0; or, for models
+  configured with ``forward_anchor: reference``, from the reference start frame);
 * backward-anchored: hop from the reference goal frame, ``phi_B = 1 + H(goal, s)``.
 
 They are fused by their mean with the consistency weight ``w = exp(-alpha * D**2)``,
@@ -136,6 +137,8 @@ class GRMProgressModel:
                 "text": None if text is None else text[0],
                 "prev": feats[k],
                 "prev_mask": mask[k],
+                "first": feats[k],
+                "first_mask": mask[k],
                 "phi": torch.zeros((), device=self.device),
             }
         return self._step(feats, mask, env_indices, first=True)
@@ -157,9 +160,10 @@ class GRMProgressModel:
         persp = [p for p in self.perspectives if not (first and p == "incremental")] or ["forward"]
         ctx = {r: self._gather(env_indices, r) for r in ("start", "goal")}
         ctx_m = {r: self._gather(env_indices, f"{r}_mask") for r in ("start", "goal")}
+        own = self.cfg.forward_anchor == "episode"
         before = {
             "incremental": ("prev", "prev_mask"),
-            "forward": ("start", "start_mask"),
+            "forward": ("first", "first_mask") if own else ("start", "start_mask"),
             "backward": ("goal", "goal_mask"),
         }
         n = len(persp)

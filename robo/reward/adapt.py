@@ -96,6 +96,8 @@ def adapt(cfg: AdaptConfig) -> Path:
         seed=cfg.seed,
         episode_filter=lambda u, m: u != url or m.index == index,
         resolution=_encoder_resolution(model.cfg),
+        own_start=model.cfg.forward_anchor == "episode",
+        success_delta=model.cfg.success_delta,
         outcome_urls=outcome_urls,
     )
     task = sampler.tasks[0]

@@ -23,6 +23,23 @@ from robo.store import EpisodeStore
 
 log = logging.getLogger(__name__)
 ROLES = ("start", "goal", "before", "after")
+# Outcome classes as progress intervals [lo, hi) of the final frame (EVALUATION.md: partial
+# means at least 0.3 of the way without success). ``success`` starts at 1 - delta.
+PARTIAL_FROM = 0.3
+
+
+def outcome_interval(outcome: str, delta: float, three_class: bool) -> tuple[float, float]:
+    """The progress interval ``[lo, hi)`` an outcome label puts the final frame in.
+
+    With ``three_class`` the labels are EVALUATION.md's success / partial / failure;
+    otherwise (an operator's or RL episode's success / failure) failure only means
+    "not success".
+    """
+    if outcome == "success":
+        return 1.0 - delta, 2.0  # open above: a hop past the goal is clamped to progress 1
+    if not three_class:
+        return 0.0, 1.0 - delta
+    return (PARTIAL_FROM, 1.0 - delta) if outcome == "partial" else (0.0, PARTIAL_FROM)
 
 
 @dataclass
@@ -41,8 +58,11 @@ class _Task:
     demo_ids: list[int]
     rollout_ids: list[int]
     num_stages: int
+    three_class: bool = True  # outcome labels are success / partial / failure (else s / f)
     demos: dict[int, _Demo] = field(default_factory=dict)
-    rollouts: dict[int, tuple[np.ndarray, bool, str]] = field(default_factory=dict)
+    rollouts: dict[int, tuple[np.ndarray | None, np.ndarray, str, str]] = field(
+        default_factory=dict
+    )
 
 
 @dataclass
@@ -56,7 +76,8 @@ class SamplerConfig:
         p_anchor_start / p_anchor_goal / p_zero: shares of forward-anchored, backward-anchored
             and zero-hop pairs; the rest are pairs within a demo, in both directions.
         p_swap_context: probability that the reference start/goal come from another demo.
-        p_outcome: share of groups that are an outcome-labelled rollout's final frame.
+        p_outcome: share of groups that are an outcome-labelled rollout's final frame (scored
+            from the reference goal and from the rollout's own first frame).
         max_shift: random image shift (pixels, at the encoder's resolution) of the augmentation.
         train_fraction: fraction of each store's episodes used for training (the rest held out).
     """
@@ -68,7 +89,7 @@ class SamplerConfig:
     p_anchor_goal: float = 0.3
     p_zero: float = 0.1
     p_swap_context: float = 0.5
-    p_outcome: float = 0.15
+    p_outcome: float = 0.25
     max_shift: int = 2
     train_fraction: float = 1.0
 
@@ -110,15 +131,23 @@ class PairSampler:
         episode_filter=None,
         resolution: int | None = None,
         outcome_urls: list[str] = (),
+        own_start: bool = True,
+        success_delta: float = 0.05,
     ):
         self.cfg = cfg or SamplerConfig()
         self.resolution = resolution  # cache frames pre-resized to the encoder's input side
+        # Forward-anchored pairs hop from the demo's own first frame (the model's
+        # ``forward_anchor: episode``) rather than from the reference start.
+        self.own_start = own_start
+        self.success_delta = success_delta
         self.rng = np.random.default_rng(seed)
         self.views = tuple(views)
         self.tasks = [self._open(url, episode_filter) for url in urls]
         # Outcome-only stores (e.g. labelled RL episodes): their reference demos come from
         # a task of the same env among ``urls``.
         self.tasks += [self._open(url, None, demos_required=False) for url in outcome_urls]
+        for t in self.tasks[len(urls) :]:
+            t.three_class = False
         self.demo_tasks = [t for t in self.tasks if t.demo_ids]
         self.hist = np.ones(10)  # running histogram of hop values, for balancing
         self._batches = 0
@@ -174,11 +203,10 @@ class PairSampler:
                 task.rollouts.pop(next(iter(task.rollouts)))
             ep = task.store.episode(index)
             vidx = [task.store.views.index(v) for v in self.views]
-            task.rollouts[index] = (
-                self._resize(ep.frames[-1:, vidx])[0],
-                ep.outcome == "success",
-                ep.task,
-            )
+            first_last = self._resize(ep.frames[[0, -1]][:, vidx])
+            # A one-frame record (e.g. the refinement loop's terminal frame) has no start.
+            first = first_last[0] if len(ep) > 1 else None
+            task.rollouts[index] = (first, first_last[1], ep.outcome, ep.task)
         return task.rollouts[index]
 
     def _resize(self, frames: np.ndarray) -> np.ndarray:
@@ -235,6 +263,9 @@ class PairSampler:
                 else self._demo(task, int(self.rng.choice(others)))
             )
         frames = [ref.frames[0], ref.frames[-1]]  # 0: start, 1: goal
+        if self.own_start:
+            frames.append(demo.frames[0])
+        first = len(frames) - 1  # what forward-anchored pairs hop from (progress 0)
         rows = []
         c = self.cfg
         T = len(demo.phi)
@@ -243,7 +274,7 @@ class PairSampler:
             j = int(self.rng.integers(T))
             if u < c.p_anchor_start:
                 frames.append(demo.frames[j])
-                rows.append((0, 1, 0, len(frames) - 1, float(demo.phi[j])))
+                rows.append((0, 1, first, len(frames) - 1, float(demo.phi[j])))
             elif u < c.p_anchor_start + c.p_anchor_goal:
                 frames.append(demo.frames[j])
                 rows.append((0, 1, 1, len(frames) - 1, float(demo.phi[j]) - 1.0))
@@ -260,12 +291,23 @@ class PairSampler:
         return frames, rows, demo.task
 
     def _outcome_group(self, task: _Task):
-        """A rollout's final frame, its outcome, and a reference context: (frames, row, label)."""
+        """A rollout's final frame scored from the reference goal (backward) and from the
+        rollout's first frame (forward), with the hop intervals its outcome implies.
+
+        Returns ``(frames, rows, intervals, text)``: rows index (start, goal, before, after)
+        into frames; intervals are ``(lo, hi)`` bounds on each row's hop."""
         ri = int(self.rng.choice(task.rollout_ids))
-        last, success, text = self._rollout_end(task, ri)
+        first, last, outcome, text = self._rollout_end(task, ri)
         ref_task = task if task.demo_ids else self._same_env_demo_task(task)
         ref = self._pick_demo(ref_task)[1]
-        return [ref.frames[0], ref.frames[-1], last], (0, 1, 1, 2), float(success), text
+        lo, hi = outcome_interval(outcome, self.success_delta, task.three_class)
+        frames = [ref.frames[0], ref.frames[-1], last]
+        rows, intervals = [(0, 1, 1, 2)], [(lo - 1.0, hi - 1.0)]  # backward: phi = 1 + H
+        if self.own_start and first is not None:
+            frames.append(first)
+            rows.append((0, 1, 3, 2))
+            intervals.append((lo if lo > 0 else -1.0 - 1e-6, hi))  # forward: phi = max(H, 0)
+        return frames, rows, intervals, text
 
     def _same_env_demo_task(self, task: _Task) -> _Task:
         for t in self.demo_tasks:
@@ -279,21 +321,23 @@ class PairSampler:
         """A batch of ``groups`` groups (about ``groups * pairs_per_group`` pairs).
 
         Returns a dict with uint8 ``frames (N, V, H, W, 3)`` (unique frames), long index
-        tensors ``<role>_idx (B,)`` into them, float ``hop (B,)``, bool ``<role>_mask (B, V)``,
-        ``text`` (list), and for outcome rows ``outcome_idx`` (rows of the goal-anchored
-        pairs scored for success) with ``outcome (K,)`` labels.
+        tensors ``<role>_idx (B,)`` into them, float ``hop (B,)`` (NaN on outcome rows),
+        bool ``<role>_mask (B, V)``, ``text`` (list), and for the outcome rows
+        ``outcome_idx (K,)`` with the hop interval ``outcome_lo``/``outcome_hi (K,)`` their
+        outcome label implies.
         """
         frames, rows, texts, outcome_rows, outcome_labels = [], [], [], [], []
         for _ in range(groups):
             task = self.tasks[int(self.rng.integers(len(self.tasks)))]
             if task.rollout_ids and (not task.demo_ids or self.rng.random() < self.cfg.p_outcome):
-                f, row, label, text = self._outcome_group(task)
+                f, rws, intervals, text = self._outcome_group(task)
                 base = len(frames)
                 frames += f
-                outcome_rows.append(len(rows))
-                outcome_labels.append(label)
-                rows.append((*(base + k for k in row), np.nan))
-                texts.append(text)
+                for row, interval in zip(rws, intervals, strict=True):
+                    outcome_rows.append(len(rows))
+                    outcome_labels.append(interval)
+                    rows.append((*(base + k for k in row), np.nan))
+                    texts.append(text)
                 continue
             f, rws, text = self._group(task)
             base = len(frames)
@@ -312,7 +356,8 @@ class PairSampler:
             "hop": torch.tensor([r[4] for r in rows], dtype=torch.float32),
             "text": texts,
             "outcome_idx": torch.tensor(outcome_rows, dtype=torch.long),
-            "outcome": torch.tensor(outcome_labels, dtype=torch.float32),
+            "outcome_lo": torch.tensor([lo for lo, _ in outcome_labels], dtype=torch.float32),
+            "outcome_hi": torch.tensor([hi for _, hi in outcome_labels], dtype=torch.float32),
         }
         for k, role in enumerate(ROLES):
             batch[f"{role}_idx"] = idx[:, k]

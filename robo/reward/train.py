@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -97,10 +96,18 @@ def two_hot(target: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def interval_nll(logp: torch.Tensor, bins: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+    """``-log P(lo <= H < hi)`` per row: the likelihood of an interval-censored hop label
+    (an outcome says which interval the final progress lies in, not where)."""
+    inside = (bins[None] >= lo[:, None] - 1e-6) & (bins[None] < hi[:, None] - 1e-6)
+    return -torch.logsumexp(logp.masked_fill(~inside, -torch.inf), -1).clamp(max=20.0)
+
+
 def grm_loss(
     logits: torch.Tensor, batch: dict, bins: torch.Tensor, delta: float, outcome_weight: float
 ):
-    """Cross-entropy on hop bins (rows with a hop label) + BCE of success on outcome rows."""
+    """Cross-entropy on hop bins (rows with a hop label) + the outcome rows' interval
+    likelihood (success, partial or failure puts the final frame's hop in an interval)."""
     hop = batch["hop"]
     labelled = torch.isfinite(hop)
     logp = logits.log_softmax(-1)
@@ -109,11 +116,9 @@ def grm_loss(
     terms = {"hop_ce": hop_loss, "hop_mae": mae}
     loss = hop_loss + mae  # the expectation is what inference uses: train it directly too
     if len(batch["outcome_idx"]):
-        p_success = (
-            logp[batch["outcome_idx"]].exp()[:, bins >= -delta].sum(-1).clamp(1e-5, 1 - 1e-5)
-        )
-        out_loss = F.binary_cross_entropy(p_success, batch["outcome"])
-        terms["outcome_bce"] = out_loss
+        rows = batch["outcome_idx"]
+        out_loss = interval_nll(logp[rows], bins, batch["outcome_lo"], batch["outcome_hi"]).mean()
+        terms["outcome_nll"] = out_loss
         loss = loss + outcome_weight * out_loss
     terms["loss"] = loss
     return loss, terms
@@ -287,6 +292,8 @@ def train(cfg: TrainConfig) -> Path:
         cfg.sampler,
         seed=cfg.seed + 1000 * rank,
         resolution=_encoder_resolution(cfg.model),
+        own_start=cfg.model.forward_anchor == "episode",
+        success_delta=cfg.model.success_delta,
     )
     _check_image_size(sampler, cfg.model)
     model = GRM(cfg.model)

@@ -154,6 +154,8 @@ class RefineCallback(BaseCallback):
             SamplerConfig(p_outcome=0.5),
             seed=self.num_timesteps,
             resolution=_encoder_resolution(grm.cfg),
+            own_start=grm.cfg.forward_anchor == "episode",
+            success_delta=grm.cfg.success_delta,
             outcome_urls=[str(self.out / "refine_data")],
         )
         anchor = {n: p.detach().clone() for n, p in grm.named_parameters()}
