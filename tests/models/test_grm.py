@@ -173,3 +173,44 @@ def test_unreset_env_and_bad_config():
         GRMConfig(num_bins=10)
     with pytest.raises(ValueError, match="perspectives"):
         GRMConfig(perspectives=("sideways",))
+
+
+def test_forward_perspective_hops_from_the_episodes_own_first_frame():
+    torch.manual_seed(0)
+    model = GRM(GRMConfig(**TINY))
+    with torch.no_grad():  # positive hops, so that progress is not clamped at 0
+        model.head[-1].bias += 3.0 * torch.linspace(-1, 1, TINY["num_bins"])
+    ctx = TaskContext("stack", frames(1, seed=1)[0], frames(1, seed=2)[0])
+    first, now = frames(1, seed=5), frames(1, seed=6)
+
+    def hop_from(before):  # the forward hop computed by hand
+        with torch.no_grad():
+            enc = {
+                r: model.encode(torch.from_numpy(np.ascontiguousarray(f)))
+                for r, f in (
+                    ("start", ctx.start_frames[None]),
+                    ("goal", ctx.goal_frames[None]),
+                    ("before", before),
+                    ("after", now),
+                )
+            }
+            masks = {r: torch.zeros(1, 2, dtype=torch.bool) for r in enc}
+            text = model.text_features(["stack"], "cpu")
+            return float(model.expected_hop(model.hop_logits(enc, masks, text)))
+
+    own = GRMProgressModel(model, perspectives=("forward",))
+    own.reset([0], [ctx], first)
+    h_own, h_ref = hop_from(first), hop_from(ctx.start_frames[None])
+    assert 0 < h_own < 1 and abs(h_own - h_ref) > 1e-4
+    assert float(own.predict(now).progress) == pytest.approx(h_own, abs=1e-5)
+    # A checkpoint without the field was trained from the reference start: it keeps it.
+    legacy = GRMConfig.from_dict(
+        {k: v for k, v in GRMConfig(**TINY).to_dict().items() if k != "forward_anchor"}
+    )
+    assert legacy.forward_anchor == "reference"
+    ref = GRMProgressModel(GRM(legacy), perspectives=("forward",))
+    ref.model.load_state_dict(model.state_dict())
+    ref.reset([0], [ctx], first)
+    assert float(ref.predict(now).progress) == pytest.approx(h_ref, abs=1e-5)
+    with pytest.raises(ValueError, match="forward_anchor"):
+        GRMConfig(**TINY, forward_anchor="goal")

@@ -25,3 +25,42 @@ def test_recovery_demos_train_as_demonstrations_with_their_fall_back(tmp_path):
     assert np.isnan(hops[outcome_rows]).all()  # outcome rows carry a label, not a hop
     pair_hops = np.delete(hops, outcome_rows)
     assert len(pair_hops) and np.all((pair_hops >= -1) & (pair_hops <= 1))
+
+
+def test_outcome_labels_are_hop_intervals_from_both_anchors(tmp_path):
+    import torch
+
+    from robo.reward.data import outcome_interval
+    from robo.reward.train import interval_nll
+
+    assert outcome_interval("success", 0.05, True) == (0.95, 2.0)
+    assert outcome_interval("partial", 0.05, True) == (0.3, 0.95)
+    assert outcome_interval("failure", 0.05, True) == (0.0, 0.3)
+    assert outcome_interval("failure", 0.05, False) == (0.0, 0.95)  # only "not success"
+    out = str(tmp_path / "reach")
+    for policy, seed in (("expert", 0), ("random-freeze", 1)):
+        args = ["collect", "--env", "tabletop/reach-v0", "--episodes", "1", "--size", "24"]
+        assert (
+            main([*args, "--views", "front", "--policy", policy, "--seed", str(seed), "--out", out])
+            == 0
+        )
+    sampler = PairSampler([out], ("front",), seed=0)
+    sampler.cfg.p_outcome = 1.0
+    batch = sampler.sample(3)
+    rows = batch["outcome_idx"].numpy()
+    assert len(rows) == 6  # every outcome group: a backward and a forward row
+    hi = batch["outcome_hi"].numpy()
+    backward, forward = slice(0, None, 2), slice(1, None, 2)
+    np.testing.assert_allclose(hi[backward], hi[forward] - 1.0)  # backward: phi = 1 + H
+    frames = batch["frames"]
+    ep = sampler.tasks[0].store.episode(1)
+    # the forward row hops from the rollout's own first frame (up to the shift augmentation)
+    before = frames[batch["before_idx"][rows[1]]].float()
+    assert (before - torch.from_numpy(ep.frames[0]).float()).abs().mean() < 40
+    # interval likelihood: all mass inside -> 0, all mass outside -> large
+    bins = torch.linspace(-1, 1, 11)
+    inside = torch.full((1, 11), -30.0)
+    inside[0, 10] = 30.0
+    logp = inside.log_softmax(-1)
+    assert float(interval_nll(logp, bins, torch.tensor([0.9]), torch.tensor([2.0]))) < 1e-6
+    assert float(interval_nll(logp, bins, torch.tensor([0.0]), torch.tensor([0.3]))) > 10
