@@ -170,6 +170,7 @@ def main() -> None:
     ap.add_argument("--eval_rollouts", type=int, default=4)
     ap.add_argument("--exploit_sequences", type=int, default=64)
     ap.add_argument("--adapt_steps", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads of training (0: config)")
     a = ap.parse_args()
     root = Path(a.out)
     tasks = {"all": TABLETOP + MT10, "tabletop": TABLETOP}.get(a.tasks, a.tasks.split(","))
@@ -189,6 +190,7 @@ def main() -> None:
                 str(root / "general"),
                 "--steps",
                 str(a.steps),
+                *(["--threads", str(a.threads)] if a.threads else []),
             ]
         )
         if code:
