@@ -9,6 +9,9 @@
    tracking, outcome accuracy, false successes, EPIC, exploitation test).
 5. For each held-out task (never trained on): adapt from exactly one demo, evaluate.
 
+``label_mae`` is the floor the step-wise labels set on progress MAE: the labels' own MAE
+against privileged progress on the training demos (no model involved).
+
 Writes ``<out>/grm_targets.json`` and prints a table. Every stage is cached in ``<out>``
 (re-running skips what exists), so the script can be resumed.
 
@@ -136,7 +139,26 @@ def calibrate(model: Path, stores: list[Path]) -> None:
     )
 
 
-def row(task: str, s: dict, seen: bool) -> dict:
+def label_floor(store: Path) -> float:
+    """MAE of the step-wise training labels against privileged progress on the store's
+    demonstrations: what a model that learnt its labels perfectly would score on experts.
+    Labels spread a stage's frames evenly in time; privileged progress measures distance
+    within the stage, so tasks whose expert closes most of the distance early sit high."""
+    import numpy as np
+
+    from robo.reward.data import demo_progress, is_training_demo
+
+    st = EpisodeStore.open(str(store))
+    demos = [i for i in range(len(st)) if is_training_demo(st.episode_meta(i))]
+    stages = max(int(st.episode(i).stage.max()) for i in demos[:5]) + 1
+    errors = []
+    for i in demos:
+        ep = st.episode(i)
+        errors.append(np.abs(demo_progress(ep, stages) - ep.privileged_progress).mean())
+    return float(np.mean(errors))
+
+
+def row(task: str, s: dict, seen: bool, label_mae: float | None = None) -> dict:
     return {
         "task": task,
         "seen": seen,
@@ -150,6 +172,7 @@ def row(task: str, s: dict, seen: bool) -> dict:
         "false_succ": s.get("false_success_rate"),
         "epic": s.get("epic_distance"),
         "exploit": (s.get("exploitation") or {}).get("exploit_rate"),
+        "label_mae": label_mae,
     }
 
 
@@ -200,7 +223,7 @@ def main() -> None:
     rows = []
     for t, d in data.items():
         s = evaluate(model, d["eval"], f"{d['train']}:0", root / "eval" / name(t), a)
-        rows.append(row(t, s, True))
+        rows.append(row(t, s, True, label_floor(d["train"])))
     for t in [h for h in a.held_out.split(",") if h]:
         # One demo to adapt from; no rollouts of a held-out task are ever trained on.
         one_shot = {"demos": 1, "train_rollouts": 0, "recover_demos": 0}
@@ -251,6 +274,7 @@ def main() -> None:
             "false_succ",
             "epic",
             "exploit",
+            "label_mae",
         ],
         str(root / "grm_targets.json"),
     )
@@ -269,6 +293,7 @@ def mean_row(rows: list[dict], label: str) -> dict:
         "false_succ",
         "epic",
         "exploit",
+        "label_mae",
     )
     out = {"task": label, "seen": None, "episodes": sum(r["episodes"] or 0 for r in rows)}
     for k in keys:
