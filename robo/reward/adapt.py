@@ -18,7 +18,7 @@ import torch
 
 from models.grm.model import GRM
 from robo.errors import RoboError
-from robo.reward.data import PairSampler, SamplerConfig
+from robo.reward.data import PairSampler, SamplerConfig, model_sampling
 from robo.reward.train import LoopSettings, _encoder_resolution, fit
 
 
@@ -96,8 +96,7 @@ def adapt(cfg: AdaptConfig) -> Path:
         seed=cfg.seed,
         episode_filter=lambda u, m: u != url or m.index == index,
         resolution=_encoder_resolution(model.cfg),
-        own_start=model.cfg.forward_anchor == "episode",
-        success_delta=model.cfg.success_delta,
+        **model_sampling(model.cfg),
         outcome_urls=outcome_urls,
     )
     task = sampler.tasks[0]

@@ -42,6 +42,15 @@ def outcome_interval(outcome: str, delta: float, three_class: bool) -> tuple[flo
     return (PARTIAL_FROM, 1.0 - delta) if outcome == "partial" else (0.0, PARTIAL_FROM)
 
 
+def model_sampling(model_cfg) -> dict:
+    """The :class:`PairSampler` arguments a GRM config fixes: where forward-anchored pairs
+    hop from, and the success margin of the outcome intervals."""
+    return {
+        "own_start": model_cfg.forward_anchor == "episode",
+        "success_delta": model_cfg.success_delta,
+    }
+
+
 @dataclass
 class _Demo:
     frames: np.ndarray  # (T, V, H, W, 3)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from models.grm.config import GRMConfig
 from models.grm.model import GRM, ROLES
 from robo.errors import RoboError
-from robo.reward.data import PairSampler, SamplerConfig
+from robo.reward.data import PairSampler, SamplerConfig, model_sampling
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,7 @@ def interval_nll(logp: torch.Tensor, bins: torch.Tensor, lo: torch.Tensor, hi: t
     return -torch.logsumexp(logp.masked_fill(~inside, -torch.inf), -1).clamp(max=20.0)
 
 
-def grm_loss(
-    logits: torch.Tensor, batch: dict, bins: torch.Tensor, delta: float, outcome_weight: float
-):
+def grm_loss(logits: torch.Tensor, batch: dict, bins: torch.Tensor, outcome_weight: float):
     """Cross-entropy on hop bins (rows with a hop label) + the outcome rows' interval
     likelihood (success, partial or failure puts the final frame's hop in an interval)."""
     hop = batch["hop"]
@@ -252,7 +250,7 @@ def fit(
             cfg.context_dropout,
             mask_rng,
         )
-        loss, terms = grm_loss(net(batch), batch, model.bins, cfg.success_delta, s.outcome_weight)
+        loss, terms = grm_loss(net(batch), batch, model.bins, s.outcome_weight)
         if extra_loss is not None:
             terms["anchor"] = extra_loss(model)
             loss = loss + terms["anchor"]
@@ -292,8 +290,7 @@ def train(cfg: TrainConfig) -> Path:
         cfg.sampler,
         seed=cfg.seed + 1000 * rank,
         resolution=_encoder_resolution(cfg.model),
-        own_start=cfg.model.forward_anchor == "episode",
-        success_delta=cfg.model.success_delta,
+        **model_sampling(cfg.model),
     )
     _check_image_size(sampler, cfg.model)
     model = GRM(cfg.model)

@@ -144,7 +144,7 @@ class RefineCallback(BaseCallback):
 
     def _adapt(self) -> dict:
         from robo.reward.adapt import l2_anchor
-        from robo.reward.data import PairSampler, SamplerConfig
+        from robo.reward.data import PairSampler, SamplerConfig, model_sampling
         from robo.reward.train import LoopSettings, _encoder_resolution, fit
 
         grm = self.pm.model
@@ -154,8 +154,7 @@ class RefineCallback(BaseCallback):
             SamplerConfig(p_outcome=0.5),
             seed=self.num_timesteps,
             resolution=_encoder_resolution(grm.cfg),
-            own_start=grm.cfg.forward_anchor == "episode",
-            success_delta=grm.cfg.success_delta,
+            **model_sampling(grm.cfg),
             outcome_urls=[str(self.out / "refine_data")],
         )
         anchor = {n: p.detach().clone() for n, p in grm.named_parameters()}
