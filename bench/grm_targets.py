@@ -1,10 +1,14 @@
 """The GRM's accuracy targets, end to end: data, general model, one-shot adaptation, figures.
 
 1. Collect, per training task (own tabletop tasks + Meta-World MT10): expert demos,
-   outcome-labelled training rollouts, and a held-out evaluation set (expert, noisy,
-   near-miss, undo, half, random-freeze) on seeds never used for training.
+   outcome-labelled training rollouts, a calibration set of rollouts, and a held-out
+   evaluation set (expert, noisy, near-miss, undo, half, random-freeze), each on its own
+   seeds.
 2. Train the general GRM on the training stores only.
-3. Choose the outcome thresholds on the training rollouts of the training tasks.
+3. Choose the outcome thresholds on the calibration rollouts of the training tasks: never
+   trained on (on rollouts it was trained on, the model's final progress sits inside the
+   labelled intervals more tightly than on new ones, which biases the thresholds) and never
+   evaluated on.
 4. Evaluate on the held-out sets of the training tasks (VOC, MAE, Pearson, regress
    tracking, outcome accuracy, false successes, EPIC, exploitation test).
 5. For each held-out task (never trained on): adapt from exactly one demo, evaluate.
@@ -16,6 +20,10 @@ Writes ``<out>/grm_targets.json`` and prints a table. Every stage is cached in `
 (re-running skips what exists), so the script can be resumed.
 
     python bench/grm_targets.py --out runs/grm_targets [--tasks tabletop] [--steps 3000]
+
+Rendering dominates the data stage; on several cores, collect first with ``--data_only`` in
+parallel processes on disjoint ``--tasks`` lists (``--held_out ""`` in all but one), then run
+the full command.
 """
 
 from __future__ import annotations
@@ -67,8 +75,9 @@ def collect(env_id: str, out: Path, episodes: int, policy: str, seed: int, size:
 
 
 def build_data(env_id: str, root: Path, a) -> dict[str, Path]:
-    """Training demos + training rollouts (seeds 0..) and an evaluation set (seeds 100000..)."""
-    paths = {k: root / "data" / f"{name(env_id)}-{k}" for k in ("train", "eval")}
+    """Training demos + training rollouts (seeds 0..), calibration rollouts (seeds 50000..)
+    and an evaluation set (seeds 100000..)."""
+    paths = {k: root / "data" / f"{name(env_id)}-{k}" for k in ("train", "calib", "eval")}
     if not paths["train"].exists():
         collect(env_id, paths["train"], a.demos, "expert", 0, a.size)
         for k, p in enumerate(TRAIN_POLICIES if a.train_rollouts else ()):
@@ -77,6 +86,9 @@ def build_data(env_id: str, root: Path, a) -> dict[str, Path]:
             # Recovery demos (dropped and grasped again) teach the fall back a stage; Meta-World's
             # scripted policies rarely recover, so only our own tasks get them.
             collect(env_id, paths["train"], a.recover_demos, "recover", 20_000, a.size)
+    if a.calib_rollouts and not paths["calib"].exists():
+        for k, p in enumerate(TRAIN_POLICIES):
+            collect(env_id, paths["calib"], a.calib_rollouts, p, 50_000 + 1000 * k, a.size)
     if not paths["eval"].exists():
         collect(env_id, paths["eval"], a.eval_demos, "expert", 100_000, a.size)
         for k, p in enumerate(EVAL_POLICIES):
@@ -114,26 +126,31 @@ def evaluate(
     return json.loads((out / "summary.json").read_text())
 
 
-def calibrate(model: Path, stores: list[Path]) -> None:
-    """Choose delta and tau on the training tasks' own training rollouts, pooled."""
+def calibrate(model: Path, data: list[dict[str, Path]]) -> None:
+    """Choose delta and tau on the training tasks' calibration rollouts, pooled (on their
+    training rollouts where no calibration set was collected)."""
     from robo.evaluation import choose_thresholds, score_store
     from robo.reward.registry import load_progress_model
 
     pm = load_progress_model(f"grm:{model}")
-    finals, outcomes = [], []
-    for url in stores:
-        store = EpisodeStore.open(str(url))
+    finals, outcomes, sources = [], [], set()
+    for d in data:
+        key = "calib" if d["calib"].exists() else "train"
+        sources.add(key)
+        store = EpisodeStore.open(str(d[key]))
         idx = [i for i in range(len(store)) if store.episode_meta(i).policy != "expert"]
-        scores = score_store(pm, store, store.episode(0), indices=idx)
+        reference = EpisodeStore.open(str(d["train"])).episode(0)
+        scores = score_store(pm, store, reference, indices=idx)
         finals += [float(sc.progress[-1]) for sc in scores]
         outcomes += [store.episode_meta(i).outcome for i in idx]
     th = choose_thresholds(finals, outcomes, delta=None)
+    what = " and ".join({"calib": "calibration", "train": "training"}[k] for k in sorted(sources))
     (model / "thresholds.json").write_text(
         json.dumps(
             {
                 "delta": th.delta,
                 "tau": th.tau,
-                "source": f"training rollouts of {len(stores)} training tasks",
+                "source": f"{len(finals)} {what} rollouts of {len(data)} training tasks",
             }
         )
     )
@@ -189,16 +206,35 @@ def main() -> None:
     ap.add_argument("--demos", type=int, default=30)
     ap.add_argument("--train_rollouts", type=int, default=4)
     ap.add_argument("--recover_demos", type=int, default=5, help="tabletop tasks only")
+    ap.add_argument(
+        "--calib_rollouts",
+        type=int,
+        default=4,
+        help="per policy and training task, for the outcome thresholds; 0: training rollouts",
+    )
     ap.add_argument("--eval_demos", type=int, default=5)
     ap.add_argument("--eval_rollouts", type=int, default=4)
     ap.add_argument("--exploit_sequences", type=int, default=64)
     ap.add_argument("--adapt_steps", type=int, default=300)
     ap.add_argument("--threads", type=int, default=0, help="torch threads of training (0: config)")
+    ap.add_argument(
+        "--data_only",
+        action="store_true",
+        help="collect the data of --tasks and --held_out, then stop (run several at once on "
+        "disjoint task lists to collect in parallel)",
+    )
     a = ap.parse_args()
     root = Path(a.out)
-    tasks = {"all": TABLETOP + MT10, "tabletop": TABLETOP}.get(a.tasks, a.tasks.split(","))
+    tasks = {"all": TABLETOP + MT10, "tabletop": TABLETOP}.get(
+        a.tasks, [t for t in a.tasks.split(",") if t]
+    )
     t0 = time.time()
     data = {t: build_data(t, root, a) for t in tasks}
+    if a.data_only:
+        for t in [h for h in a.held_out.split(",") if h]:
+            build_data(t, root, one_shot_args(a))
+        print(f"data of {len(tasks)} tasks in {root / 'data'}; {time.time() - t0:.0f} s")
+        return
     model = root / "general" / "model"
     if not model.exists():
         code = robo(
@@ -219,15 +255,13 @@ def main() -> None:
         if code:
             raise SystemExit("training failed")
     if not (model / "thresholds.json").exists():
-        calibrate(model, [d["train"] for d in data.values()])
+        calibrate(model, list(data.values()))
     rows = []
     for t, d in data.items():
         s = evaluate(model, d["eval"], f"{d['train']}:0", root / "eval" / name(t), a)
         rows.append(row(t, s, True, label_floor(d["train"])))
     for t in [h for h in a.held_out.split(",") if h]:
-        # One demo to adapt from; no rollouts of a held-out task are ever trained on.
-        one_shot = {"demos": 1, "train_rollouts": 0, "recover_demos": 0}
-        paths = build_data(t, root, argparse.Namespace(**{**vars(a), **one_shot}))
+        paths = build_data(t, root, one_shot_args(a))
         adapted = root / "adapted" / name(t)
         if not adapted.exists():
             robo(
@@ -278,6 +312,13 @@ def main() -> None:
         ],
         str(root / "grm_targets.json"),
     )
+
+
+def one_shot_args(a: argparse.Namespace) -> argparse.Namespace:
+    """A held-out task's data: one demo to adapt from and its evaluation set; none of its
+    rollouts is ever trained on."""
+    one_shot = {"demos": 1, "train_rollouts": 0, "recover_demos": 0, "calib_rollouts": 0}
+    return argparse.Namespace(**{**vars(a), **one_shot})
 
 
 def mean_row(rows: list[dict], label: str) -> dict:

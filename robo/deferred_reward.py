@@ -57,7 +57,6 @@ class _Worker:
         self.view_idx = [views.index(v) for v in model.views]
         self.shaper = _Shaper(model, cfg, contexts)
         self.last_frames: np.ndarray | None = None
-        self.last_infos: list[dict] = [{} for _ in self.envs]
 
     def frames(self, k: int) -> np.ndarray:
         return self.envs[k].unwrapped.render_views()[self.view_idx]
@@ -70,7 +69,6 @@ class _Worker:
             infos.append(info)
         self.last_frames = np.stack([self.frames(k) for k in range(len(self.envs))])
         self.shaper.reset(range(len(self.envs)), self.last_frames, infos)
-        self.last_infos = infos
         return obs, infos
 
     def step(self, actions, send) -> None:
@@ -84,7 +82,7 @@ class _Worker:
             info["TimeLimit.truncated"] = trunc and not term
             reset_info = {}
             if done:  # the terminal state's frames before the reset replaces it
-                terminal[k] = self.frames(k)
+                terminal[k] = (self.shaper.first.get(k), self.frames(k))  # start, end
                 info["terminal_observation"] = o
                 o, reset_info = env.reset()
                 first[k] = self.frames(k)
@@ -95,7 +93,7 @@ class _Worker:
             reset_infos.append(reset_info)
         send(("obs", obs, np.array(rews, np.float64), np.array(dones), infos, reset_infos))
         # from here on the learner runs its gradient steps
-        frames = np.stack([terminal[k] if k in terminal else self.frames(k) for k in range(n)])
+        frames = np.stack([terminal[k][1] if k in terminal else self.frames(k) for k in range(n)])
         trunc = np.array([bool(i["TimeLimit.truncated"]) for i in infos])
         term = np.array(dones) & ~trunc
         reward, _, terms = self.shaper.step(frames, np.array(rews), infos, term, trunc)
@@ -106,14 +104,13 @@ class _Worker:
                 ended, np.stack([first[k] for k in ended]), [reset_infos[k] for k in ended]
             )
             self.last_frames[ended] = np.stack([first[k] for k in ended])
-        self.last_infos = [reset_infos[k] if k in first else infos[k] for k in range(n)]
         send(("reward", reward, terms, terminal))
 
     def load_weights(self, state_dict) -> None:
         self.model.model.load_state_dict(state_dict)
         self.model.model.eval()
         if self.last_frames is not None:
-            self.shaper.reset(range(len(self.envs)), self.last_frames, self.last_infos)
+            self.shaper.resync(self.last_frames)
 
 
 def _serve(remote, parent_remote, payload: CloudpickleWrapper) -> None:
@@ -263,7 +260,7 @@ class DeferredRewardVecEnv(VecEnv):
         for k, info in enumerate(infos):
             info["reward_terms"] = terms[k]
             if k in terminal:
-                info["terminal_frames"] = terminal[k]
+                info["episode_first_frames"], info["terminal_frames"] = terminal[k]
         self.last_rewards = reward
         if self.reward_sink is not None:
             self.reward_sink(infos[0][SEQ_KEY], reward)

@@ -139,13 +139,26 @@ class _Shaper:
     def __init__(self, model, cfg: ShapingConfig, contexts: Sequence[TaskContext]):
         self.model, self.cfg, self.contexts = model, cfg, list(contexts)
         self.phi = np.zeros(len(self.contexts))
+        self.first: dict[int, np.ndarray] = {}  # each env's episode-start frames
 
     def reset(self, indices: Sequence[int], frames: np.ndarray, infos=None) -> None:
+        """New episodes in ``indices``, starting on ``frames``."""
+        for j, i in enumerate(indices):
+            self.first[i] = frames[j]
         if getattr(self.model, "reads_info", False):  # privileged potential (evaluation only)
             self.phi[list(indices)] = [float(i["privileged_progress"]) for i in infos]
             return
         out = self.model.reset(list(indices), [self.contexts[i] for i in indices], frames)
         self.phi[list(indices)] = out.progress.numpy()
+
+    def resync(self, frames: np.ndarray) -> None:
+        """Re-start the model's state after its weights changed, mid-episode: from each
+        episode's own first frames (its forward anchor), then one step to the current ones."""
+        if getattr(self.model, "reads_info", False) or not self.first:
+            return
+        idx = list(range(len(self.contexts)))
+        self.model.reset(idx, self.contexts, np.stack([self.first[i] for i in idx]))
+        self.phi[idx] = self.model.predict(frames, idx).progress.numpy()
 
     def step(
         self, frames, env_reward, infos, terminated, truncated
@@ -231,8 +244,9 @@ class RewardVecEnvWrapper(VecEnvWrapper):
             info["reward_terms"] = terms[k]
             info["original_env_rew"] = float(env_reward[k])
             info.pop("frames", None)
-            if dones[k]:  # for refinement: the frames the episode ended on
+            if dones[k]:  # for refinement: the frames the episode started and ended on
                 info["terminal_frames"] = frames[k]
+                info["episode_first_frames"] = self.shaper.first.get(k)
         self.last_frames = frames.copy()
         if len(ended):
             first = np.stack([self.venv.reset_infos[k]["frames"] for k in ended])
@@ -241,9 +255,9 @@ class RewardVecEnvWrapper(VecEnvWrapper):
         return obs, reward, dones, infos
 
     def resync_model(self) -> None:
-        """Re-start the model's per-env state from the current frames (after its weights changed)."""
+        """Re-start the model's per-env state (after its weights changed) on the current frames."""
         if self.last_frames is not None:
-            self.shaper.reset(range(self.num_envs), self.last_frames)
+            self.shaper.resync(self.last_frames)
 
 
 class ShapedRewardWrapper(gym.Wrapper):

@@ -47,6 +47,8 @@ class EvalConfig:
     batch_episodes: int = 8
     # the store's task was seen in training (recorded in the summary).
     seen_in_training: bool = True
+    # torch threads (0: leave torch's default).
+    threads: int = 0
 
     def __post_init__(self) -> None:
         if not self.model or not self.data:
@@ -57,6 +59,8 @@ class EvalConfig:
             raise RoboError(f"--delta {self.delta} must lie in [0, 1)")
         if self.exploit_method not in ("random", "cem"):
             raise RoboError(f"--exploit_method {self.exploit_method}: use random or cem")
+        if self.threads < 0:
+            raise RoboError(f"--threads {self.threads} must be >= 0 (0: torch's default)")
 
     @property
     def spec(self) -> str:
@@ -109,6 +113,10 @@ def run_eval(cfg: EvalConfig) -> dict:
     from robo.evaluation import evaluate, exploitation_test
     from robo.reward.registry import load_progress_model
 
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     model = load_progress_model(cfg.spec)
     store = EpisodeStore.open(cfg.data)
     if len(store) == 0:

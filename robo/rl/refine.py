@@ -2,8 +2,8 @@
 
 During training every finished episode is checked: the model's success detection fired
 but the environment (or, on a robot, the operator) says it failed, or the other way
-round. Those episodes' final frames join the reward model's data as outcome-labelled
-rollouts (an episode store beside the run), the model is adapted on them together with
+round. Those episodes' first and final frames join the reward model's data as
+outcome-labelled rollouts (an episode store beside the run), the model is adapted on them together with
 the demonstrations (outcome loss + hop pairs, anchored to its current weights), and
 training continues with the refined model. The false-success rate of each window is
 reported before and after every refinement.
@@ -74,7 +74,8 @@ class RefineCallback(BaseCallback):
             self.window["env_failures"] += 1
             self.window["false_successes"] += int(ep["model"])
         if ep["model"] != ep["env"] and "terminal_frames" in info:
-            self.pending.append((info["terminal_frames"], ep["env"]))
+            frames = [info.get("episode_first_frames"), info["terminal_frames"]]
+            self.pending.append((np.stack([f for f in frames if f is not None]), ep["env"]))
 
     def _window_record(self) -> dict:
         """The current window's figures: its false-success rate and the counts behind it."""
@@ -123,16 +124,17 @@ class RefineCallback(BaseCallback):
                 action_dim=1,
                 overwrite=True,
             )
-        for frames, success in self.pending:
+        for frames, success in self.pending:  # (start,) end frames of each episode
+            t = len(frames)
             self._store.append_episode(
                 Episode(
-                    frames=frames[None],
-                    states=np.zeros((1, 1), np.float32),
-                    actions=np.zeros((1, 1), np.float32),
-                    env_reward=np.zeros(1, np.float32),
-                    success=np.array([success]),
-                    stage=np.full(1, -1, np.int16),
-                    privileged_progress=np.full(1, np.nan, np.float32),
+                    frames=frames,
+                    states=np.zeros((t, 1), np.float32),
+                    actions=np.zeros((t, 1), np.float32),
+                    env_reward=np.zeros(t, np.float32),
+                    success=np.array([False] * (t - 1) + [success]),
+                    stage=np.full(t, -1, np.int16),
+                    privileged_progress=np.full(t, np.nan, np.float32),
                     task="",
                     env_id=self.env_id,
                     seed=-1,

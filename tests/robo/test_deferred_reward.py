@@ -83,6 +83,9 @@ def test_deferred_rewards_equal_the_synchronous_ones_across_episode_ends():
             assert ("terminal_frames" in i_d) == ("terminal_frames" in i_s)
             if "terminal_frames" in i_d:
                 np.testing.assert_array_equal(i_d["terminal_frames"], i_s["terminal_frames"])
+                np.testing.assert_array_equal(
+                    i_d["episode_first_frames"], i_s["episode_first_frames"]
+                )
                 np.testing.assert_allclose(
                     i_d["terminal_observation"], i_s["terminal_observation"], atol=1e-6
                 )
@@ -115,6 +118,36 @@ def test_resync_sends_the_learners_weights_to_the_worker():
     sync.close()
     np.testing.assert_allclose(after, expected, atol=1e-5)
     assert not np.allclose(after, before)
+
+
+def test_resync_keeps_each_episodes_own_start_as_the_forward_anchor():
+    """Refinement resyncs mid-episode: the forward hop must still start at the episode's
+    first frames, so with unchanged weights a forward-only model's potential is unchanged
+    (re-starting from the current frames would read them as progress 0)."""
+    torch.manual_seed(0)
+    model = GRMProgressModel(GRM(GRMConfig(**{**TINY_GRM, "perspectives": ["forward"]})))
+    cfg = ShapingConfig(mode="pbrs")
+    acts = actions(1, 4, seed=2)
+    sync = make_reward_vec_env([env_fn(0)], model, cfg, CTX)
+    sync.seed(3)
+    sync.reset()
+    for a in acts[:3]:
+        sync.step(a)
+    phi = sync.shaper.phi.copy()
+    assert abs(phi[0]) > 1e-3  # a random model's forward hop is not 0 here
+    sync.resync_model()
+    np.testing.assert_allclose(sync.shaper.phi, phi, atol=1e-5)
+    _, expected, _, _ = sync.step(acts[3])
+    sync.close()
+    deferred = DeferredRewardVecEnv([env_fn(0)], copy.deepcopy(model), cfg, CTX)
+    deferred.seed(3)
+    deferred.reset()
+    for a in acts[:3]:
+        deferred.step(a)
+    deferred.resync_model()
+    deferred.step(acts[3])
+    np.testing.assert_allclose(deferred.flush(), expected, atol=1e-5)
+    deferred.close()
 
 
 def buffer(size=8):

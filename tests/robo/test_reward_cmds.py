@@ -221,10 +221,14 @@ def test_adapt_from_one_demo_and_eval(stores, tmp_path):
                 "4",
                 "--exploit_starts",
                 "1",
+                "--threads",
+                "1",
             ]
         )
         == 0
     )
+    bad = ["reward", "eval", "--model", f"grm:{adapted}", "--data", rollouts, "--threads", "-1"]
+    assert main(bad) == 2  # a one-line error, nothing evaluated
     summary = json.loads((report / "summary.json").read_text())
     assert summary["episodes"] == 5
     for key in ("voc", "progress_mae", "outcome_accuracy", "false_success_rate", "epic_distance"):

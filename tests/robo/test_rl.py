@@ -271,6 +271,13 @@ def test_refinement_loop_adapts_the_model_on_contradicting_episodes(demos_and_mo
     assert fsr["failed_episodes_before"] == records[0]["window_env_failures"] > 0
     refined = GRM.from_pretrained(out / "refined_model")
     assert not torch.equal(refined.head[-1].bias, grm.head[-1].bias)
+    from robo.store import EpisodeStore
+
+    added = EpisodeStore.open(str(out / "refine_data"))
+    assert len(added) >= 1  # each contradicting episode: its first and its final frames
+    ep = added.episode(0)
+    assert ep.frames.shape[0] == 2 and added.episode_meta(0).outcome == "failure"
+    assert not np.array_equal(ep.frames[0], ep.frames[1])
 
 
 @pytest.mark.parametrize("path", sorted(__import__("glob").glob("configs/rl/*.yaml")))
