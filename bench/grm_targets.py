@@ -1,7 +1,8 @@
 """The GRM's accuracy targets, end to end: data, general model, one-shot adaptation, figures.
 
 1. Collect, per training task (own tabletop tasks + Meta-World MT10): expert demos,
-   outcome-labelled training rollouts, a calibration set of rollouts, and a held-out
+   outcome-labelled training rollouts (more of the hard cases, near-miss and
+   random-freeze), a calibration set of rollouts, and a held-out
    evaluation set (expert, noisy, near-miss, undo, half, random-freeze), each on its own
    seeds.
 2. Train the general GRM on the training stores only.
@@ -46,6 +47,9 @@ MT10 = [f"metaworld/{t}" for t in MT10_TASKS]
 HELD_OUT = ["metaworld/door-close-v3", "metaworld/button-press-v3", "metaworld/faucet-open-v3"]
 EVAL_POLICIES = ("noisy:0.3", "near-miss", "undo", "half", "random-freeze")
 TRAIN_POLICIES = ("noisy:0.3", "near-miss", "half", "random-freeze")
+# the outcome classification's hard cases: near-misses either side of success, and random
+# motion that ends away from the start without progress
+HARD_POLICIES = ("near-miss", "random-freeze")
 
 
 def name(env_id: str) -> str:
@@ -86,6 +90,15 @@ def build_data(env_id: str, root: Path, a) -> dict[str, Path]:
             # Recovery demos (dropped and grasped again) teach the fall back a stage; Meta-World's
             # scripted policies rarely recover, so only our own tasks get them.
             collect(env_id, paths["train"], a.recover_demos, "recover", 20_000, a.size)
+    if a.hard_rollouts and a.train_rollouts:
+        # topped up to train_rollouts + hard_rollouts each, continuing the policy's seeds
+        st = EpisodeStore.open(str(paths["train"]))
+        for p in HARD_POLICIES:
+            have = sum(st.episode_meta(i).policy == p for i in range(len(st)))
+            if have < a.train_rollouts + a.hard_rollouts:
+                k = TRAIN_POLICIES.index(p)
+                n = a.train_rollouts + a.hard_rollouts - have
+                collect(env_id, paths["train"], n, p, 10_000 + 1000 * k + have, a.size)
     if a.calib_rollouts and not paths["calib"].exists():
         for k, p in enumerate(TRAIN_POLICIES):
             collect(env_id, paths["calib"], a.calib_rollouts, p, 50_000 + 1000 * k, a.size)
@@ -205,6 +218,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--demos", type=int, default=30)
     ap.add_argument("--train_rollouts", type=int, default=4)
+    ap.add_argument(
+        "--hard_rollouts",
+        type=int,
+        default=10,
+        help="extra near-miss and random-freeze training rollouts per training task",
+    )
     ap.add_argument("--recover_demos", type=int, default=5, help="tabletop tasks only")
     ap.add_argument(
         "--calib_rollouts",
@@ -317,7 +336,13 @@ def main() -> None:
 def one_shot_args(a: argparse.Namespace) -> argparse.Namespace:
     """A held-out task's data: one demo to adapt from and its evaluation set; none of its
     rollouts is ever trained on."""
-    one_shot = {"demos": 1, "train_rollouts": 0, "recover_demos": 0, "calib_rollouts": 0}
+    one_shot = {
+        "demos": 1,
+        "train_rollouts": 0,
+        "hard_rollouts": 0,
+        "recover_demos": 0,
+        "calib_rollouts": 0,
+    }
     return argparse.Namespace(**{**vars(a), **one_shot})
 
 
