@@ -651,6 +651,7 @@ def _episode_row(r: ScoredEpisode, thresholds: Thresholds) -> dict[str, Any]:
         "outcome": r.outcome,
         "predicted_outcome": str(predict_outcome(r.progress[-1], thresholds.delta, thresholds.tau)),
         "final_phi": float(r.progress[-1]),
+        "final_privileged_progress": float(r.privileged_progress[-1]),
         "final_success_prob": float(r.success_prob[-1]),
         "voc": voc(r.progress),
         "mae": agreement["mae"],

@@ -335,6 +335,9 @@ def test_evaluate_oracle_writes_report(store, tmp_path: Path) -> None:
     )
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["episodes"] == 5 and len(written["per_episode"]) == 5
+    for row, final in zip(written["per_episode"], finals, strict=True):  # a perfect model
+        assert row["final_privileged_progress"] == pytest.approx(row["final_phi"], abs=1e-5)
+        assert row["final_privileged_progress"] == pytest.approx(float(final), abs=1e-5)
     assert len(list((tmp_path / "plots").glob("episode_*.png"))) == 5
     assert (tmp_path / "plots" / "agreement.png").stat().st_size > 1000
     videos = list((tmp_path / "videos").glob("*.mp4"))
