@@ -179,7 +179,9 @@ def calibrate_hand_eye(
             f"this OpenCV ({cv2.__version__}) lacks cv2.calibrateHandEye (opencv#29565): "
             f"use method='park' instead of {method!r}, or another OpenCV build"
         )
-    X = make_transform(R, t)
+    # OpenCV may return a reflection or a non-orthonormal matrix when the poses disagree
+    # (seen with 5.1 on un-inverted eye-to-hand poses); the spread then says how far off
+    X = make_transform(_nearest_rotation(np.asarray(R, np.float64)), t)
     rot_spread, trans_spread = _spread(A @ X @ C)
     return HandEyeResult(
         R=X[:3, :3],
@@ -234,6 +236,12 @@ def _park_martin(A: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rhs = ((R @ MB[:, :3, 3, None])[..., 0] - MA[:, :3, 3]).reshape(-1)
     t = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
     return R, t
+
+
+def _nearest_rotation(R: np.ndarray) -> np.ndarray:
+    """The proper rotation nearest to a 3x3 matrix (Frobenius norm; SVD with det fixed)."""
+    U, _, Vt = np.linalg.svd(R)
+    return U @ np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt)) or 1.0]) @ Vt
 
 
 def _spread(T: np.ndarray) -> tuple[float, float]:

@@ -330,3 +330,19 @@ def test_cli_entry_points(tmp_path, charuco_views, charuco_calib, capsys):
 
     with pytest.raises(CalibrationError, match="either --images FOLDER"):
         CameraCalibConfig()
+
+
+def test_solver_output_is_projected_to_a_proper_rotation():
+    """OpenCV can return a reflection or a non-orthonormal matrix on inconsistent poses; the
+    result must still be a rotation (det +1), and a slightly noisy one stays where it was."""
+    from scipy.spatial.transform import Rotation
+
+    from calibration.handeye import _nearest_rotation
+
+    R = Rotation.from_rotvec([0.3, -0.2, 0.5]).as_matrix()
+    noisy = R + 1e-3 * np.random.default_rng(0).standard_normal((3, 3))
+    np.testing.assert_allclose(_nearest_rotation(noisy), R, atol=5e-3)
+    for M in (R @ np.diag([1.0, 1.0, -1.0]), noisy * -1.0):
+        P = _nearest_rotation(M)
+        assert np.linalg.det(P) == pytest.approx(1.0)
+        np.testing.assert_allclose(P @ P.T, np.eye(3), atol=1e-9)
