@@ -144,7 +144,7 @@ class _Shaper:
     def reset(self, indices: Sequence[int], frames: np.ndarray, infos=None) -> None:
         """New episodes in ``indices``, starting on ``frames``."""
         for j, i in enumerate(indices):
-            self.first[i] = frames[j]
+            self.first[i] = np.array(frames[j])  # a copy: callers reuse their frame buffers
         if getattr(self.model, "reads_info", False):  # privileged potential (evaluation only)
             self.phi[list(indices)] = [float(i["privileged_progress"]) for i in infos]
             return

@@ -3,10 +3,10 @@
 During training every finished episode is checked: the model's success detection fired
 but the environment (or, on a robot, the operator) says it failed, or the other way
 round. Those episodes' first and final frames join the reward model's data as
-outcome-labelled rollouts (an episode store beside the run), the model is adapted on them together with
-the demonstrations (outcome loss + hop pairs, anchored to its current weights), and
-training continues with the refined model. The false-success rate of each window is
-reported before and after every refinement.
+outcome-labelled rollouts (an episode store beside the run), the model is adapted on them
+together with the demonstrations (outcome loss + hop pairs, anchored to its current
+weights), and training continues with the refined model. The false-success rate of each
+window is reported before and after every refinement.
 """
 
 from __future__ import annotations
