@@ -31,6 +31,13 @@ demonstrations are given:
   discounted return can take. With sparse or potential-shaped rewards that range is known
   (the shaping terms telescope), and clipping to it stops the critic's extrapolation from
   feeding on itself at high update-to-data ratios.
+* **Advantage-weighted actor** (``actor_update="awac"``), optional: in place of SAC's
+  reparameterised actor loss, the actor maximises the log-likelihood of the batch's own
+  actions (demonstrations and replay) weighted by ``exp(A / awac_beta)``, with the advantage
+  ``A = Q(s, a) - Q(s, mu(s))`` from the same critics (AWAC, Nair et al. 2020; AWR, Peng et
+  al. 2019). The actor can only move toward actions it has seen do better, never to where
+  the critic extrapolates, so an over-estimating critic cannot pull it off the data; the
+  exploration noise is fitted by the same weighted likelihood (no entropy tuning).
 * **Imitation-bootstrapped RL** (``ibrl``, Hu et al. 2023), optional: a frozen copy of the
   cloned actor stays beside the RL actor. Every action, in training and evaluation, is
   whichever of the two proposals the critic rates higher, and the TD target bootstraps
@@ -87,8 +94,17 @@ class DemoSAC(SAC):
         critic_subset: int = 0,
         q_bounds: tuple[float, float] | None = None,
         actor_delay: int = 0,
+        actor_update: str = "sac",
+        awac_beta: float = 0.1,
+        awac_max_weight: float = 20.0,
         **kwargs,
     ):
+        if actor_update not in ("sac", "awac"):
+            raise ValueError(f"actor_update={actor_update!r}: use sac or awac")
+        if awac_beta <= 0 or awac_max_weight <= 0:
+            raise ValueError("awac_beta and awac_max_weight must be positive")
+        self.actor_update = actor_update
+        self.awac_beta, self.awac_max_weight = float(awac_beta), float(awac_max_weight)
         if q_bounds is not None and not q_bounds[0] < q_bounds[1]:
             raise ValueError(f"q_bounds={q_bounds} must be (low, high) with low < high")
         self.q_bounds = None if q_bounds is None else (float(q_bounds[0]), float(q_bounds[1]))
@@ -190,6 +206,23 @@ class DemoSAC(SAC):
         action = self.policy.unscale_action(a.cpu().numpy())
         return (action if vectorized else action[0]), state
 
+    def _awac_loss(self, obs: th.Tensor, act: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """AWAC's actor loss on a batch: ``-mean(w * log pi(a|s))``, ``w = exp(A / beta)``
+        clipped at ``awac_max_weight`` and divided by its batch mean (the loss's scale then
+        does not depend on the reward's), ``A = Q(s, a) - Q(s, mu(s))``. Returns the loss and
+        the weights (for logging)."""
+        with th.no_grad():
+            adv = self._q_value(self.critic, obs, act) - self._q_value(
+                self.critic, obs, self.actor(obs, deterministic=True)
+            )
+            w = th.exp(adv / self.awac_beta).clamp(max=self.awac_max_weight)
+            w = w / w.mean().clamp(min=1e-8)
+        mean, log_std, kwargs = self.actor.get_action_dist_params(obs)
+        dist = self.actor.action_dist.proba_distribution(mean, log_std, **kwargs)
+        # squashed actions at exactly +-1 (a saturated gripper) have no finite pre-image
+        logp = dist.log_prob(act.clamp(-0.999, 0.999)).reshape(-1, 1)
+        return -(w * logp).mean(), w
+
     # ----------------------------------------------------------------- batches and updates
     def _batch(self, batch_size: int, demos_only: bool):
         """(obs, act, rew, next, done, discount, n_demo, clone): demos first, then replay;
@@ -229,6 +262,7 @@ class DemoSAC(SAC):
             optimizers += [self.ent_coef_optimizer]
         self._update_learning_rate(optimizers)
         actor_losses, critic_losses, bc_losses, ent_coefs, q_means = [], [], [], [], []
+        awac_weights = []
         for step in range(gradient_steps):
             obs, act, rew, nxt, done, disc, n_demo, clone = self._batch(
                 batch_size, demos_only=critic_only
@@ -237,7 +271,7 @@ class DemoSAC(SAC):
             log_prob = log_prob.reshape(-1, 1)
             if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
                 ent_coef = th.exp(self.log_ent_coef.detach())
-                if not actor_frozen:
+                if not actor_frozen and self.actor_update == "sac":
                     ent_loss = -(
                         self.log_ent_coef * (log_prob + self.target_entropy).detach()
                     ).mean()
@@ -266,13 +300,17 @@ class DemoSAC(SAC):
             critic_loss.backward()
             self.critic.optimizer.step()
 
-            if not actor_frozen:
+            if not actor_frozen and self.actor_update == "awac":
+                actor_loss, w = self._awac_loss(obs, act)
+                awac_weights.append(w.max().item())
+            elif not actor_frozen:
                 q_pi = self._q_value(self.critic, obs, actions_pi)
                 actor_loss = (ent_coef * log_prob - q_pi).mean()
                 if self.q_normalize and n_demo and self.bc_weight > 0:
                     # TD3+BC: the Q term in units of |Q|, so bc_weight means the same
                     # whatever the reward's scale
                     actor_loss = actor_loss / (q_pi.abs().mean().detach() + 1e-6)
+            if not actor_frozen:
                 if n_demo and self.bc_weight > 0:
                     bc_obs, bc_act = obs[:n_demo], act[:n_demo]
                     if self.self_demos is not None:  # as many rows of the policy's successes
@@ -309,3 +347,5 @@ class DemoSAC(SAC):
             self.logger.record("train/actor_loss", float(np.mean(actor_losses)))
         if bc_losses:
             self.logger.record("train/bc_loss", float(np.mean(bc_losses)))
+        if awac_weights:  # how peaked the advantage weights are (1: plain cloning of the batch)
+            self.logger.record("train/awac_max_weight", float(np.mean(awac_weights)))

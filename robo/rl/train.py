@@ -104,6 +104,13 @@ class RLConfig:
     # SAC: self-imitation: the policy's own successful training episodes join the
     # behaviour-cloning term beside the demonstrations (needs the warm start's BC term).
     self_imitation: bool = False
+    # SAC: the actor's update: sac (reparameterised, maximises Q) | awac (advantage-weighted
+    # likelihood of the batch's own demo and replay actions, AWAC: the actor cannot leave the
+    # data's support, so an over-estimating critic cannot pull it off; no entropy tuning).
+    actor_update: str = "sac"
+    # SAC with --actor_update awac: temperature of the weights exp(A / beta), in units of the
+    # return (sparse and pbrs returns lie within [-1, 2]).
+    awac_beta: float = 0.1
     # SAC: n-step returns in the TD target (replay and demonstrations; 1: SAC's one-step).
     n_step: int = 1
     # SAC: LayerNorm in the critics' hidden layers (RLPD).
@@ -158,6 +165,10 @@ class RLConfig:
             )
         if self.actor_delay < 0:
             raise RoboError(f"--actor_delay {self.actor_delay} must be at least 0 (0: no delay)")
+        if self.actor_update not in ("sac", "awac"):
+            raise RoboError(f"--actor_update {self.actor_update!r}: use sac or awac")
+        if self.awac_beta <= 0:
+            raise RoboError(f"--awac_beta {self.awac_beta} must be positive")
         if self.n_step < 1:
             raise RoboError(f"--n_step {self.n_step} must be at least 1 (1: one-step TD targets)")
         if self.n_critics < 1 or not 0 <= self.critic_subset <= self.n_critics:
@@ -192,6 +203,8 @@ class RLConfig:
                 "--self_imitation true adds to SAC's behaviour-cloning term: it needs --algo sac, "
                 "--demos <store>, --bc_epochs > 0 and --bc_weight > 0"
             )
+        if self.actor_update == "awac" and self.algo is not Algo.sac:
+            raise RoboError("--actor_update awac is SAC's actor update: use --algo sac")
         if self.n_step > 1 and self.algo is not Algo.sac:
             raise RoboError(
                 "--n_step applies to --algo sac (PPO has its own returns): drop it or use sac"
@@ -374,6 +387,8 @@ def build(cfg: RLConfig, demos: tuple | None = None):
             critic_subset=cfg.critic_subset,
             q_bounds=return_bounds(cfg.shaping) if cfg.q_clip else None,
             actor_delay=cfg.actor_delay if warm else 0,
+            actor_update=cfg.actor_update,
+            awac_beta=cfg.awac_beta,
             policy_kwargs={"n_critics": cfg.n_critics, **policy_kwargs},
             ent_coef=f"auto_{cfg.init_ent_coef}" if warm else "auto",
             gradient_steps=cfg.utd,

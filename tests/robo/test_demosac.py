@@ -463,3 +463,85 @@ def test_self_imitation_callback_hands_over_whole_successful_episodes():
         np.testing.assert_allclose(
             np.clip(o[:-1, 0] + 0.5 * act[:-1, 0], -2, 2), o[1:, 0], atol=1e-5
         )
+
+
+class _PreferLargeActions(torch.nn.Module):
+    """A stand-in critic pair rating an action by its value: it always wants more."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, obs, action):
+        q = action.sum(1, keepdim=True) + self.w
+        return (q, q)
+
+
+@pytest.mark.parametrize("update", ["sac", "awac"])
+def test_awac_actor_moves_to_the_better_data_action_and_not_beyond(update):
+    """Demonstrated actions are -0.5 and +0.5 at random; the critic rates larger actions
+    higher everywhere. SAC's actor follows the critic past the data to the bound; AWAC's
+    weighted likelihood moves it to the better demonstrated action and stops there."""
+    torch.manual_seed(0)
+    a = DemoSAC(
+        "MlpPolicy",
+        Line(),
+        learning_starts=0,
+        seed=0,
+        ent_coef="auto_0.01",
+        demo_ratio=0.9,
+        bc_weight=0.0,
+        actor_update=update,
+        awac_beta=0.1,
+    )
+    tr = demos(n=512)
+    tr["act"] = np.where(np.arange(512) % 2 == 0, -0.5, 0.5).astype(np.float32)[:, None]
+    behaviour_clone(a.policy, tr["obs"], np.zeros_like(tr["act"]), epochs=50, std=0.3)
+    a.set_demos(tr)
+    a.learn(2)  # a transition in the replay buffer
+    real = a.critic
+    a.critic = _PreferLargeActions()
+    a.critic.optimizer = torch.optim.SGD([a.critic.w], lr=0.0)
+    a.critic.parameters = real.parameters  # keep the target update working
+    ent = a.log_ent_coef.item()
+    a.train(300, batch_size=64)
+    mu = a.actor(torch.as_tensor(tr["obs"]), deterministic=True).mean().item()
+    if update == "awac":
+        assert 0.3 < mu < 0.65
+        assert a.log_ent_coef.item() == ent  # no entropy tuning under AWAC
+        assert a.logger.name_to_value["train/awac_max_weight"] > 1.0
+    else:
+        assert mu > 0.9
+
+
+def test_awac_with_uninformative_critic_clones_the_batch():
+    """Equal advantages give equal weights: AWAC is plain maximum likelihood on the batch."""
+    torch.manual_seed(0)
+    a = DemoSAC(
+        "MlpPolicy",
+        Line(),
+        learning_starts=0,
+        seed=0,
+        demo_ratio=0.9,
+        bc_weight=0.0,
+        actor_update="awac",
+    )
+    tr = demos(n=512)
+    tr["act"] = np.where(np.arange(512) % 2 == 0, -0.5, 0.5).astype(np.float32)[:, None]
+    a.set_demos(tr)
+    a.learn(2)
+    real = a.critic
+    a.critic = _PreferLargeActions()
+    a.critic.forward = lambda obs, action: (a.critic.w.expand(len(obs), 1),) * 2
+    a.critic.optimizer = torch.optim.SGD([a.critic.w], lr=0.0)
+    a.critic.parameters = real.parameters
+    a.train(300, batch_size=64)
+    mu = a.actor(torch.as_tensor(tr["obs"]), deterministic=True).mean().item()
+    assert abs(mu) < 0.2
+
+
+def test_awac_settings_are_checked():
+    with pytest.raises(ValueError, match="actor_update"):
+        DemoSAC("MlpPolicy", Line(), actor_update="td3")
+    with pytest.raises(ValueError, match="awac_beta"):
+        DemoSAC("MlpPolicy", Line(), actor_update="awac", awac_beta=0.0)
