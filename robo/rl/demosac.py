@@ -37,7 +37,9 @@ demonstrations are given:
   ``A = Q(s, a) - Q(s, mu(s))`` from the same critics (AWAC, Nair et al. 2020; AWR, Peng et
   al. 2019). The actor can only move toward actions it has seen do better, never to where
   the critic extrapolates, so an over-estimating critic cannot pull it off the data; the
-  exploration noise is fitted by the same weighted likelihood (no entropy tuning).
+  exploration noise is fitted by the same weighted likelihood (no entropy tuning). With
+  ``awac_advantage="return"`` the advantage is the batch's own n-step return instead of
+  the critic's: under potential shaping, the progress an action led to (see ``_awac_loss``).
 * **Imitation-bootstrapped RL** (``ibrl``, Hu et al. 2023), optional: a frozen copy of the
   cloned actor stays beside the RL actor. Every action, in training and evaluation, is
   whichever of the two proposals the critic rates higher, and the TD target bootstraps
@@ -97,8 +99,12 @@ class DemoSAC(SAC):
         actor_update: str = "sac",
         awac_beta: float = 0.1,
         awac_max_weight: float = 20.0,
+        awac_advantage: str = "critic",
         **kwargs,
     ):
+        if awac_advantage not in ("critic", "return"):
+            raise ValueError(f"awac_advantage={awac_advantage!r}: use critic or return")
+        self.awac_advantage = awac_advantage
         if actor_update not in ("sac", "awac"):
             raise ValueError(f"actor_update={actor_update!r}: use sac or awac")
         if awac_beta <= 0 or awac_max_weight <= 0:
@@ -206,15 +212,25 @@ class DemoSAC(SAC):
         action = self.policy.unscale_action(a.cpu().numpy())
         return (action if vectorized else action[0]), state
 
-    def _awac_loss(self, obs: th.Tensor, act: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+    def _awac_loss(
+        self, obs: th.Tensor, act: th.Tensor, ret: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor]:
         """AWAC's actor loss on a batch: ``-mean(w * log pi(a|s))``, ``w = exp(A / beta)``
         clipped at ``awac_max_weight`` and divided by its batch mean (the loss's scale then
-        does not depend on the reward's), ``A = Q(s, a) - Q(s, mu(s))``. Returns the loss and
-        the weights (for logging)."""
+        does not depend on the reward's). The advantage ``A`` is the critic's
+        ``Q(s, a) - Q(s, mu(s))`` (``awac_advantage="critic"``) or, critic-free, the batch's
+        own (n-step) return ``ret`` (``"return"``): with potential-shaped rewards that return
+        telescopes to ``sum gamma^k r_success + gamma^n Phi(s_t+n) - Phi(s_t)``, the progress
+        the action led to over the next n steps with the potential as the baseline (AWR with
+        the progress model standing in for the value function). Returns the loss and the
+        weights (for logging)."""
         with th.no_grad():
-            adv = self._q_value(self.critic, obs, act) - self._q_value(
-                self.critic, obs, self.actor(obs, deterministic=True)
-            )
+            if self.awac_advantage == "return":
+                adv = ret
+            else:
+                adv = self._q_value(self.critic, obs, act) - self._q_value(
+                    self.critic, obs, self.actor(obs, deterministic=True)
+                )
             w = th.exp(adv / self.awac_beta).clamp(max=self.awac_max_weight)
             w = w / w.mean().clamp(min=1e-8)
         mean, log_std, kwargs = self.actor.get_action_dist_params(obs)
@@ -301,7 +317,7 @@ class DemoSAC(SAC):
             self.critic.optimizer.step()
 
             if not actor_frozen and self.actor_update == "awac":
-                actor_loss, w = self._awac_loss(obs, act)
+                actor_loss, w = self._awac_loss(obs, act, rew)
                 awac_weights.append(w.max().item())
             elif not actor_frozen:
                 q_pi = self._q_value(self.critic, obs, actions_pi)

@@ -111,6 +111,10 @@ class RLConfig:
     # SAC with --actor_update awac: temperature of the weights exp(A / beta), in units of the
     # return (sparse and pbrs returns lie within [-1, 2]).
     awac_beta: float = 0.1
+    # SAC with --actor_update awac: the advantage: critic (Q(s, a) - Q(s, mu(s))) | return
+    # (critic-free: the transition's --n_step return; under pbrs the progress the action led
+    # to over the next n steps, the potential standing in for the value baseline).
+    awac_advantage: str = "critic"
     # SAC: n-step returns in the TD target (replay and demonstrations; 1: SAC's one-step).
     n_step: int = 1
     # SAC: LayerNorm in the critics' hidden layers (RLPD).
@@ -167,6 +171,8 @@ class RLConfig:
             raise RoboError(f"--actor_delay {self.actor_delay} must be at least 0 (0: no delay)")
         if self.actor_update not in ("sac", "awac"):
             raise RoboError(f"--actor_update {self.actor_update!r}: use sac or awac")
+        if self.awac_advantage not in ("critic", "return"):
+            raise RoboError(f"--awac_advantage {self.awac_advantage!r}: use critic or return")
         if self.awac_beta <= 0:
             raise RoboError(f"--awac_beta {self.awac_beta} must be positive")
         if self.n_step < 1:
@@ -389,6 +395,7 @@ def build(cfg: RLConfig, demos: tuple | None = None):
             actor_delay=cfg.actor_delay if warm else 0,
             actor_update=cfg.actor_update,
             awac_beta=cfg.awac_beta,
+            awac_advantage=cfg.awac_advantage,
             policy_kwargs={"n_critics": cfg.n_critics, **policy_kwargs},
             ent_coef=f"auto_{cfg.init_ent_coef}" if warm else "auto",
             gradient_steps=cfg.utd,

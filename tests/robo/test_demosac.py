@@ -545,3 +545,35 @@ def test_awac_settings_are_checked():
         DemoSAC("MlpPolicy", Line(), actor_update="td3")
     with pytest.raises(ValueError, match="awac_beta"):
         DemoSAC("MlpPolicy", Line(), actor_update="awac", awac_beta=0.0)
+
+
+def test_awac_return_advantage_follows_the_batch_returns_without_the_critic():
+    """Critic-free advantage: the transitions' own (n-step, shaped) returns weight them. The
+    +0.5 actions carry return 0.1 and the -0.5 ones 0, whatever the critic thinks."""
+    torch.manual_seed(0)
+    a = DemoSAC(
+        "MlpPolicy",
+        Line(),
+        learning_starts=0,
+        seed=0,
+        demo_ratio=0.9,
+        bc_weight=0.0,
+        actor_update="awac",
+        awac_advantage="return",
+        awac_beta=0.02,
+    )
+    tr = demos(n=512)
+    plus = np.arange(512) % 2 == 1
+    tr["act"] = np.where(plus, 0.5, -0.5).astype(np.float32)[:, None]
+    tr["rew"] = np.where(plus, 0.1, 0.0).astype(np.float32)
+    a.set_demos(tr)
+    a.learn(2)
+    real = a.critic
+    a.critic = _PreferSmallActions()  # would pull toward 0; ignored by the return advantage
+    a.critic.optimizer = torch.optim.SGD([a.critic.w], lr=0.0)
+    a.critic.parameters = real.parameters
+    a.train(300, batch_size=64)
+    mu = a.actor(torch.as_tensor(tr["obs"]), deterministic=True).mean().item()
+    assert 0.3 < mu < 0.65
+    with pytest.raises(ValueError, match="awac_advantage"):
+        DemoSAC("MlpPolicy", Line(), actor_update="awac", awac_advantage="gae")

@@ -178,6 +178,7 @@ def test_ppo_sparse_without_a_model(tmp_path):
         (["--actor_update", "td3"], "--actor_update 'td3': use sac or awac"),
         (["--actor_update", "awac", "--algo", "ppo"], "--actor_update awac is SAC's"),
         (["--awac_beta", "0"], "--awac_beta 0.0 must be positive"),
+        (["--awac_advantage", "gae"], "--awac_advantage 'gae': use critic or return"),
         (["--self_imitation", "true"], "--self_imitation true adds to SAC's behaviour-cloning"),
         (["--policy_obs", "relative"], "--policy_obs 'relative': use auto, all or invariant"),
         (["--policy_obs", "invariant"], "--policy_obs invariant selects inputs inside"),
