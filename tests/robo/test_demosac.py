@@ -162,10 +162,7 @@ def test_q_filter_drops_bc_where_the_critic_prefers_the_actor(q_filter, bc_posit
     tr["act"] = np.sign(tr["act"]) * 0.9  # large demo actions: rated below the actor's (~0)
     a.set_demos(tr)
     a.learn(2)  # one transition in the replay buffer
-    real_critic = a.critic
-    a.critic = _PreferSmallActions()
-    a.critic.optimizer = torch.optim.SGD([a.critic.w], lr=0.0)
-    a.critic.parameters = real_critic.parameters  # keep the target update working
+    _swap_critic(a, _PreferSmallActions())
     a.train(1, batch_size=32)
     bc = a.logger.name_to_value["train/bc_loss"]
     assert (bc > 0) == bc_positive
@@ -477,32 +474,41 @@ class _PreferLargeActions(torch.nn.Module):
         return (q, q)
 
 
+def _swap_critic(a, critic):
+    """Put a stand-in critic (fixed ratings, zero learning rate) in place of ``a``'s, keeping
+    the real one's parameters for the target update."""
+    real = a.critic
+    a.critic = critic
+    a.critic.optimizer = torch.optim.SGD([critic.w], lr=0.0)
+    a.critic.parameters = real.parameters  # keep the target update working
+    return a
+
+
+def _awac(**kwargs):
+    """DemoSAC on Line with AWAC, mostly demonstrations in the batch and no BC term."""
+    torch.manual_seed(0)
+    args = dict(learning_starts=0, seed=0, demo_ratio=0.9, bc_weight=0.0, actor_update="awac")
+    return DemoSAC("MlpPolicy", Line(), **{**args, **kwargs})
+
+
+def _two_mode_demos(n=512):
+    """Demonstrations whose actions are -0.5 (even rows) and +0.5 (odd rows)."""
+    tr = demos(n=n)
+    tr["act"] = np.where(np.arange(n) % 2 == 1, 0.5, -0.5).astype(np.float32)[:, None]
+    return tr
+
+
 @pytest.mark.parametrize("update", ["sac", "awac"])
 def test_awac_actor_moves_to_the_better_data_action_and_not_beyond(update):
     """Demonstrated actions are -0.5 and +0.5 at random; the critic rates larger actions
     higher everywhere. SAC's actor follows the critic past the data to the bound; AWAC's
     weighted likelihood moves it to the better demonstrated action and stops there."""
-    torch.manual_seed(0)
-    a = DemoSAC(
-        "MlpPolicy",
-        Line(),
-        learning_starts=0,
-        seed=0,
-        ent_coef="auto_0.01",
-        demo_ratio=0.9,
-        bc_weight=0.0,
-        actor_update=update,
-        awac_beta=0.1,
-    )
-    tr = demos(n=512)
-    tr["act"] = np.where(np.arange(512) % 2 == 0, -0.5, 0.5).astype(np.float32)[:, None]
+    a = _awac(ent_coef="auto_0.01", actor_update=update, awac_beta=0.1)
+    tr = _two_mode_demos()
     behaviour_clone(a.policy, tr["obs"], np.zeros_like(tr["act"]), epochs=50, std=0.3)
     a.set_demos(tr)
     a.learn(2)  # a transition in the replay buffer
-    real = a.critic
-    a.critic = _PreferLargeActions()
-    a.critic.optimizer = torch.optim.SGD([a.critic.w], lr=0.0)
-    a.critic.parameters = real.parameters  # keep the target update working
+    _swap_critic(a, _PreferLargeActions())
     ent = a.log_ent_coef.item()
     a.train(300, batch_size=64)
     mu = a.actor(torch.as_tensor(tr["obs"]), deterministic=True).mean().item()
@@ -516,25 +522,13 @@ def test_awac_actor_moves_to_the_better_data_action_and_not_beyond(update):
 
 def test_awac_with_uninformative_critic_clones_the_batch():
     """Equal advantages give equal weights: AWAC is plain maximum likelihood on the batch."""
-    torch.manual_seed(0)
-    a = DemoSAC(
-        "MlpPolicy",
-        Line(),
-        learning_starts=0,
-        seed=0,
-        demo_ratio=0.9,
-        bc_weight=0.0,
-        actor_update="awac",
-    )
-    tr = demos(n=512)
-    tr["act"] = np.where(np.arange(512) % 2 == 0, -0.5, 0.5).astype(np.float32)[:, None]
+    a = _awac()
+    tr = _two_mode_demos()
     a.set_demos(tr)
     a.learn(2)
-    real = a.critic
-    a.critic = _PreferLargeActions()
-    a.critic.forward = lambda obs, action: (a.critic.w.expand(len(obs), 1),) * 2
-    a.critic.optimizer = torch.optim.SGD([a.critic.w], lr=0.0)
-    a.critic.parameters = real.parameters
+    critic = _PreferLargeActions()
+    critic.forward = lambda obs, action: (critic.w.expand(len(obs), 1),) * 2
+    _swap_critic(a, critic)
     a.train(300, batch_size=64)
     mu = a.actor(torch.as_tensor(tr["obs"]), deterministic=True).mean().item()
     assert abs(mu) < 0.2
@@ -545,35 +539,19 @@ def test_awac_settings_are_checked():
         DemoSAC("MlpPolicy", Line(), actor_update="td3")
     with pytest.raises(ValueError, match="awac_beta"):
         DemoSAC("MlpPolicy", Line(), actor_update="awac", awac_beta=0.0)
+    with pytest.raises(ValueError, match="awac_advantage"):
+        DemoSAC("MlpPolicy", Line(), actor_update="awac", awac_advantage="gae")
 
 
 def test_awac_return_advantage_follows_the_batch_returns_without_the_critic():
     """Critic-free advantage: the transitions' own (n-step, shaped) returns weight them. The
     +0.5 actions carry return 0.1 and the -0.5 ones 0, whatever the critic thinks."""
-    torch.manual_seed(0)
-    a = DemoSAC(
-        "MlpPolicy",
-        Line(),
-        learning_starts=0,
-        seed=0,
-        demo_ratio=0.9,
-        bc_weight=0.0,
-        actor_update="awac",
-        awac_advantage="return",
-        awac_beta=0.02,
-    )
-    tr = demos(n=512)
-    plus = np.arange(512) % 2 == 1
-    tr["act"] = np.where(plus, 0.5, -0.5).astype(np.float32)[:, None]
-    tr["rew"] = np.where(plus, 0.1, 0.0).astype(np.float32)
+    a = _awac(awac_advantage="return", awac_beta=0.02)
+    tr = _two_mode_demos()
+    tr["rew"] = np.where(np.arange(512) % 2 == 1, 0.1, 0.0).astype(np.float32)
     a.set_demos(tr)
     a.learn(2)
-    real = a.critic
-    a.critic = _PreferSmallActions()  # would pull toward 0; ignored by the return advantage
-    a.critic.optimizer = torch.optim.SGD([a.critic.w], lr=0.0)
-    a.critic.parameters = real.parameters
+    _swap_critic(a, _PreferSmallActions())  # would pull toward 0; ignored here
     a.train(300, batch_size=64)
     mu = a.actor(torch.as_tensor(tr["obs"]), deterministic=True).mean().item()
     assert 0.3 < mu < 0.65
-    with pytest.raises(ValueError, match="awac_advantage"):
-        DemoSAC("MlpPolicy", Line(), actor_update="awac", awac_advantage="gae")
