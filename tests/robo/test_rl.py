@@ -352,3 +352,25 @@ def test_demos_recorded_with_another_observation_layout_are_a_clear_error(tmp_pa
     )
     err = capsys.readouterr().err
     assert code == 2 and "re-record them with `robo collect --env tabletop/pick-place-v0`" in err
+
+
+def test_actor_update_settings_reach_the_algorithm(tmp_path):
+    from robo.rl.train import RLConfig, build
+
+    cfg = RLConfig(
+        env="tabletop/reach-v0",
+        actor_update="awac",
+        awac_beta=0.05,
+        awac_advantage="return",
+        n_step=3,
+        out=str(tmp_path / "run"),
+    )
+    _, _, venv, algo = build(cfg)
+    try:
+        assert (algo.actor_update, algo.awac_beta, algo.awac_advantage) == (
+            "awac",
+            0.05,
+            "return",
+        )
+    finally:
+        venv.close()
