@@ -100,8 +100,10 @@ class DemoSAC(SAC):
         awac_beta: float = 0.1,
         awac_max_weight: float = 20.0,
         awac_advantage: str = "critic",
+        awac_normalize: bool = False,
         **kwargs,
     ):
+        self.awac_normalize = bool(awac_normalize)
         if awac_advantage not in ("critic", "return"):
             raise ValueError(f"awac_advantage={awac_advantage!r}: use critic or return")
         self.awac_advantage = awac_advantage
@@ -231,6 +233,8 @@ class DemoSAC(SAC):
                 adv = self._q_value(self.critic, obs, act) - self._q_value(
                     self.critic, obs, self.actor(obs, deterministic=True)
                 )
+            if self.awac_normalize:  # beta in units of the batch's advantage spread
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
             w = th.exp(adv / self.awac_beta).clamp(max=self.awac_max_weight)
             w = w / w.mean().clamp(min=1e-8)
         mean, log_std, kwargs = self.actor.get_action_dist_params(obs)

@@ -115,6 +115,9 @@ class RLConfig:
     # (critic-free: the transition's --n_step return; under pbrs the progress the action led
     # to over the next n steps, the potential standing in for the value baseline).
     awac_advantage: str = "critic"
+    # SAC with --actor_update awac: standardise the advantages over each batch (--awac_beta is
+    # then in units of their spread; a potential's per-step changes are small against 0.1).
+    awac_normalize: bool = False
     # SAC: n-step returns in the TD target (replay and demonstrations; 1: SAC's one-step).
     n_step: int = 1
     # SAC: LayerNorm in the critics' hidden layers (RLPD).
@@ -396,6 +399,7 @@ def build(cfg: RLConfig, demos: tuple | None = None):
             actor_update=cfg.actor_update,
             awac_beta=cfg.awac_beta,
             awac_advantage=cfg.awac_advantage,
+            awac_normalize=cfg.awac_normalize,
             policy_kwargs={"n_critics": cfg.n_critics, **policy_kwargs},
             ent_coef=f"auto_{cfg.init_ent_coef}" if warm else "auto",
             gradient_steps=cfg.utd,

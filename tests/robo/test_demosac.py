@@ -543,12 +543,14 @@ def test_awac_settings_are_checked():
         DemoSAC("MlpPolicy", Line(), actor_update="awac", awac_advantage="gae")
 
 
-def test_awac_return_advantage_follows_the_batch_returns_without_the_critic():
+@pytest.mark.parametrize("normalize, beta, gap", [(False, 0.02, 0.1), (True, 1.0, 0.001)])
+def test_awac_return_advantage_follows_the_batch_returns_without_the_critic(normalize, beta, gap):
     """Critic-free advantage: the transitions' own (n-step, shaped) returns weight them. The
-    +0.5 actions carry return 0.1 and the -0.5 ones 0, whatever the critic thinks."""
-    a = _awac(awac_advantage="return", awac_beta=0.02)
+    +0.5 actions carry a higher return than the -0.5 ones, whatever the critic thinks; with
+    standardised advantages even a tiny gap decides."""
+    a = _awac(awac_advantage="return", awac_beta=beta, awac_normalize=normalize)
     tr = _two_mode_demos()
-    tr["rew"] = np.where(np.arange(512) % 2 == 1, 0.1, 0.0).astype(np.float32)
+    tr["rew"] = np.where(np.arange(512) % 2 == 1, gap, 0.0).astype(np.float32)
     a.set_demos(tr)
     a.learn(2)
     _swap_critic(a, _PreferSmallActions())  # would pull toward 0; ignored here
