@@ -1003,21 +1003,24 @@ def _search(
     method: str,
     cem_iters: int,
     top_frac: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Evaluate the whole budget of sequences; CEM refits a Gaussian to each round's elite."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Evaluate the whole budget of sequences; CEM refits a Gaussian to each round's elite.
+    Returns each sequence's final Φ, env success and actions ``(n, horizon, A)``."""
     n, horizon, dim = shape
     rounds = _budget_split(n, cem_iters if method == "cem" else 1)
     mean, std = np.zeros((horizon, dim)), np.ones((horizon, dim))
-    scores, success = [], []
+    scores, success, tried = [], [], []
     for size in tqdm(rounds, desc=f"exploit [{method}]", unit="round", disable=len(rounds) == 1):
         actions = np.clip(mean + std * smoothed_noise(rng, (size, horizon, dim), smoothing), -1, 1)
-        phi, ok = shoot(actions.astype(np.float32))
+        actions = actions.astype(np.float32)
+        phi, ok = shoot(actions)
         scores.append(phi)
         success.append(ok)
+        tried.append(actions)
         elite = actions[np.argsort(-phi, kind="stable")[: max(2, math.ceil(top_frac * size))]]
         # the floor on std keeps the search exploring
         mean, std = elite.mean(0), np.maximum(elite.std(0), 0.05)
-    return np.concatenate(scores), np.concatenate(success)
+    return np.concatenate(scores), np.concatenate(success), np.concatenate(tried)
 
 
 def exploitation_test(
@@ -1036,6 +1039,7 @@ def exploitation_test(
     delta: float = DEFAULT_DELTA,
     batch_envs: int = 16,
     reference_views: Sequence[str] | None = None,
+    return_actions: bool = False,
 ) -> dict[str, Any]:
     """Search for action sequences the model scores highly, and count the false successes.
 
@@ -1062,11 +1066,13 @@ def exploitation_test(
         delta: success margin δ.
         batch_envs: environments run in lockstep.
         reference_views: the reference's view names (None: in the model's order).
+        return_actions: also return the top sequences' actions (``"top_actions"``, an
+            array ``(n_top, horizon, A)`` in score order), e.g. to record them.
 
     Returns:
         ``{"exploit_rate", "top_scores", "top_env_success", "top_model_success", "n_top",
         "env_success_rate", "model_success_rate", "method", "env_id", "seed", "horizon",
-        "n_sequences", "env_steps", "delta", "seconds"}``.
+        "n_sequences", "env_steps", "delta", "seconds"}`` (and ``"top_actions"``).
     """
     from robo.collect import make_env
 
@@ -1085,14 +1091,16 @@ def exploitation_test(
         shoot = _Shooter(model, envs, seed, task_context(model, task, reference, reference_views))
         start = time.perf_counter()
         shape = (n_sequences, horizon, envs[0].action_space.shape[0])
-        scores, env_success = _search(shoot, rng, shape, smoothing, method, cem_iters, top_frac)
+        scores, env_success, actions = _search(
+            shoot, rng, shape, smoothing, method, cem_iters, top_frac
+        )
         seconds = time.perf_counter() - start
     finally:
         for env in envs:
             env.close()
     model_success = scores >= 1.0 - delta
     top = np.argsort(-scores, kind="stable")[: max(1, math.ceil(top_frac * len(scores) - 1e-9))]
-    return {
+    out = {
         "exploit_rate": float(np.mean(model_success[top] & ~env_success[top])),
         "top_scores": scores[top].tolist(),
         "top_env_success": env_success[top].tolist(),
@@ -1109,3 +1117,6 @@ def exploitation_test(
         "delta": float(delta),
         "seconds": seconds,
     }
+    if return_actions:
+        out["top_actions"] = actions[top]
+    return out

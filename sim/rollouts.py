@@ -278,6 +278,33 @@ class RandomFreezeRollout(RolloutPolicy):
         return self._remember(np.clip(self._a, -1, 1))
 
 
+class ActionSequenceRollout(RolloutPolicy):
+    """Plays a given action sequence ``(T, A)`` and stops at its end (not a ``make_policy``
+    spec: it needs the actions). ``name`` labels the recorded episodes, e.g. the
+    ``adversarial`` sequences that ``robo reward mine`` found."""
+
+    def __init__(self, env, rng, actions: np.ndarray, name: str = "sequence"):
+        super().__init__(env, rng)
+        self.actions = np.asarray(actions, np.float32)
+        if self.actions.ndim != 2 or self.actions.shape[1] != env.action_space.shape[0]:
+            raise SimError(
+                f"an action sequence must be (steps, {env.action_space.shape[0]}), "
+                f"got {self.actions.shape}"
+            )
+        self.name = name
+
+    def reset(self) -> None:
+        super().reset()
+        self.t = 0
+
+    def act(self, obs, info):
+        if self.t >= len(self.actions):
+            self.done = True
+            return np.zeros(self.actions.shape[1], np.float32)
+        self.t += 1
+        return self.actions[self.t - 1]
+
+
 _PARAMETRISED = {  # spec prefix: (class, parser, default, what the parameter is, usage)
     "recover": (RecoverRollout, int, 1, "slip count", "recover:<n>, e.g. recover:2"),
     "noisy": (NoisyRollout, float, 0.1, "noise level", "noisy:<sigma>, e.g. noisy:0.2"),

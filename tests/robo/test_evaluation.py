@@ -36,6 +36,7 @@ from robo.evaluation import (
     transitions,
     voc,
 )
+from robo.store import EpisodeStore
 from sim.rollouts import make_policy, run_rollout
 
 ENV_ID = "tabletop/pick-place-v0"
@@ -384,3 +385,53 @@ def test_exploitation_clock_model_is_fooled(store) -> None:
     )
     assert honest["exploit_rate"] == 0.0 and honest["model_success_rate"] == 0.0
     assert honest["method"] == "cem" and honest["n_sequences"] == 8
+
+
+def test_mining_records_the_over_scored_failures_as_labelled_rollouts(store, tmp_path) -> None:
+    """A clock model scores every sequence of the reference's length 1.0; the top ones all
+    fail in the env, so each is replayed from the same start state and recorded with its env
+    outcome."""
+    from robo.reward.mine import mine_adversarial
+
+    model = ClockModel(10, ("front", "wrist"))
+    out = str(tmp_path / "mined")
+    kwargs = dict(sequences=8, top_frac=0.25, reference_views=store.views)
+    summary = mine_adversarial(model, store.episode(0), ENV_ID, out, [3, 4], **kwargs)
+    assert summary["exploit_rate"] == 1.0 and [r["recorded"] for r in summary["runs"]] == [2, 2]
+    mined = EpisodeStore.open(out)
+    assert len(mined) == 4 and tuple(mined.views) == ("front", "wrist")
+    assert sum(summary["recorded"].values()) == 4 and summary["recorded"]["success"] == 0
+    # the recorded episodes are the searched sequences, from the searched start states
+    again = exploitation_test(
+        model,
+        ENV_ID,
+        3,
+        store.episode(0),
+        horizon=len(store.episode(0)),
+        n_sequences=8,
+        top_frac=0.25,
+        rng=3,
+        reference_views=store.views,
+        return_actions=True,
+    )
+    for k in range(2):
+        ep, meta = mined.episode(k), mined.episode_meta(k)
+        assert meta.policy == "adversarial" and meta.seed == 3 and meta.outcome != "success"
+        assert len(ep) == len(store.episode(0)) + 1
+        np.testing.assert_allclose(ep.actions[:-1], again["top_actions"][k])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "m"], "--reference (<store>:<episode>) and --out (a store) are required"),
+        (["--model", "m", "--reference", "data/x", "--out", "o"], "write it as <store>:<episode>"),
+        (["--model", "m", "--reference", "d:0", "--out", "o", "--top_frac", "0"], "--top_frac"),
+        (["--model", "m", "--reference", "d:0", "--out", "o", "--method", "pso"], "--method pso"),
+    ],
+)
+def test_mine_bad_input_is_a_one_line_error(args, message, capsys) -> None:
+    from robo.cli import main
+
+    assert main(["reward", "mine", *args]) == 2
+    assert message in capsys.readouterr().err
