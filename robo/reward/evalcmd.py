@@ -64,7 +64,9 @@ class EvalConfig:
 
     @property
     def spec(self) -> str:
-        return self.model if ":" in self.model.split("/")[0] else f"grm:{self.model}"
+        from robo.reward.registry import as_spec
+
+        return as_spec(self.model)
 
     @property
     def model_dir(self) -> Path | None:

@@ -71,7 +71,9 @@ class MineConfig:
 
     @property
     def spec(self) -> str:
-        return self.model if ":" in self.model.split("/")[0] else f"grm:{self.model}"
+        from robo.reward.registry import as_spec
+
+        return as_spec(self.model)
 
 
 def _delta(cfg: MineConfig) -> float:

@@ -15,6 +15,11 @@ from robo.errors import RoboError
 _LOADERS: dict[str, Callable[[str], object]] = {}
 
 
+def as_spec(model: str) -> str:
+    """A command's ``--model``: a spec as it is, a bare folder as ``grm:<folder>``."""
+    return model if ":" in model.split("/")[0] else f"grm:{model}"
+
+
 def register(kind: str):
     """Decorator: register a loader ``f(argument) -> ProgressModel`` under ``kind``."""
 
