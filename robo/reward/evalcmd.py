@@ -105,10 +105,18 @@ def _thresholds(cfg: EvalConfig, model, store, reference):
             )
             print(f"saved thresholds delta={th.delta:.3f} tau={th.tau:.3f} to {saved}")
         return th
-    if saved is not None and saved.is_file():
-        d = json.loads(saved.read_text())
-        return Thresholds(d["delta"], d["tau"], d.get("source", str(saved)))
-    return Thresholds(cfg.delta, 0.3, "default")
+    return saved_thresholds(cfg.model_dir) or Thresholds(cfg.delta, 0.3, "default")
+
+
+def saved_thresholds(model_dir: Path | None):
+    """The thresholds a calibration saved in the model folder, or None."""
+    from robo.evaluation import Thresholds
+
+    saved = model_dir / "thresholds.json" if model_dir else None
+    if saved is None or not saved.is_file():
+        return None
+    d = json.loads(saved.read_text())
+    return Thresholds(d["delta"], d["tau"], d.get("source", str(saved)))
 
 
 def run_eval(cfg: EvalConfig) -> dict:

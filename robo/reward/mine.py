@@ -18,7 +18,6 @@ Use seeds disjoint from the evaluation's, and only the tasks the model may be tr
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,14 +77,13 @@ class MineConfig:
 
 def _delta(cfg: MineConfig) -> float:
     from robo.evaluation import DEFAULT_DELTA
+    from robo.reward.evalcmd import saved_thresholds
 
     if cfg.delta >= 0:
         return cfg.delta
     kind, _, arg = cfg.spec.partition(":")
-    saved = Path(arg) / "thresholds.json" if kind == "grm" else None
-    if saved is not None and saved.is_file():
-        return float(json.loads(saved.read_text())["delta"])
-    return DEFAULT_DELTA
+    saved = saved_thresholds(Path(arg)) if kind == "grm" else None
+    return saved.delta if saved is not None else DEFAULT_DELTA
 
 
 def mine_adversarial(

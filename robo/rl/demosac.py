@@ -287,8 +287,9 @@ class DemoSAC(SAC):
             obs, act, rew, nxt, done, disc, n_demo, clone = self._batch(
                 batch_size, demos_only=critic_only
             )
-            actions_pi, log_prob = self.actor.action_log_prob(obs)
-            log_prob = log_prob.reshape(-1, 1)
+            if self.actor_update == "sac":  # AWAC's actor needs no sample from the policy
+                actions_pi, log_prob = self.actor.action_log_prob(obs)
+                log_prob = log_prob.reshape(-1, 1)
             if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
                 ent_coef = th.exp(self.log_ent_coef.detach())
                 if not actor_frozen and self.actor_update == "sac":
