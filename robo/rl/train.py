@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -120,6 +120,10 @@ class RLConfig:
     awac_normalize: bool = False
     # SAC: n-step returns in the TD target (replay and demonstrations; 1: SAC's one-step).
     n_step: int = 1
+    # actions per decision: the policy outputs the next k actions and the env runs them
+    # open-loop (robo.rl.chunking); demonstrations are cut into chunks from every step, the
+    # discount per decision is gamma^k and the reward model scores once per chunk.
+    action_chunk: int = 1
     # SAC: LayerNorm in the critics' hidden layers (RLPD).
     critic_layernorm: bool = False
     # SAC: clip TD targets to the range the return can take (sparse: [0, bonus]; pbrs with
@@ -178,6 +182,14 @@ class RLConfig:
             raise RoboError(f"--awac_advantage {self.awac_advantage!r}: use critic or return")
         if self.awac_beta <= 0:
             raise RoboError(f"--awac_beta {self.awac_beta} must be positive")
+        if self.action_chunk < 1:
+            raise RoboError(
+                f"--action_chunk {self.action_chunk} must be at least 1 (1: one action per step)"
+            )
+        if self.action_chunk > 1 and self.n_step > 1:
+            raise RoboError(
+                "--action_chunk already backs up values over k steps: drop --n_step (use 1)"
+            )
         if self.n_step < 1:
             raise RoboError(f"--n_step {self.n_step} must be at least 1 (1: one-step TD targets)")
         if self.n_critics < 1 or not 0 <= self.critic_subset <= self.n_critics:
@@ -226,6 +238,13 @@ class RLConfig:
             raise RoboError(
                 "--refine true adapts a GRM: pass --reward grm:<dir> and --demos <store>"
             )
+
+    @property
+    def decision_shaping(self) -> ShapingConfig:
+        """The shaping of one decision: with action chunks its discount is ``gamma^k``."""
+        if self.action_chunk == 1:
+            return self.shaping
+        return replace(self.shaping, gamma=self.shaping.gamma**self.action_chunk)
 
     @property
     def out_dir(self) -> Path:
@@ -320,6 +339,10 @@ def make_env_fn(cfg: RLConfig, model, seed: int):
         if cfg.max_episode_steps:
             kwargs["max_episode_steps"] = cfg.max_episode_steps
         env = sim.make(cfg.env, **kwargs)
+        if cfg.action_chunk > 1:
+            from robo.rl.chunking import ActionChunkWrapper
+
+            env = ActionChunkWrapper(env, cfg.action_chunk, cfg.shaping.gamma)
         env.reset(seed=seed)
         return env
 
@@ -334,7 +357,7 @@ def replay_buffer_args(cfg: RLConfig, deferred: bool) -> dict:
 
     if cfg.n_step > 1:
         cls = DeferredNStepReplayBuffer if deferred else NStepReplayBuffer
-        kwargs = {"n_steps": cfg.n_step, "gamma": cfg.shaping.gamma}
+        kwargs = {"n_steps": cfg.n_step, "gamma": cfg.decision_shaping.gamma}
         return {"replay_buffer_class": cls, "replay_buffer_kwargs": kwargs}
     return {"replay_buffer_class": DeferredRewardReplayBuffer} if deferred else {}
 
@@ -367,10 +390,11 @@ def build(cfg: RLConfig, demos: tuple | None = None):
     fns = [make_env_fn(cfg, model, cfg.seed + 1000 * k) for k in range(cfg.n_envs)]
     # both wrappers check the model's views against the env's before anything runs
     deferred = cfg.deferred_reward and cfg.algo is Algo.sac and bool(model.views)
+    shaping = cfg.decision_shaping
     if deferred:
-        venv = DeferredRewardVecEnv(fns, model, cfg.shaping, ctx, threads=cfg.threads)
+        venv = DeferredRewardVecEnv(fns, model, shaping, ctx, threads=cfg.threads)
     else:
-        venv = make_reward_vec_env(fns, model, cfg.shaping, ctx)
+        venv = make_reward_vec_env(fns, model, shaping, ctx)
     venv.seed(cfg.seed)
     policy_kwargs = {}
     if cfg.demos:
@@ -381,7 +405,7 @@ def build(cfg: RLConfig, demos: tuple | None = None):
         if cfg.obs_norm:
             policy_kwargs = obs_norm_kwargs(episodes, policy_obs_indices(cfg))
     common = dict(
-        seed=cfg.seed, verbose=0, tensorboard_log=str(cfg.out_dir / "tb"), gamma=cfg.shaping.gamma
+        seed=cfg.seed, verbose=0, tensorboard_log=str(cfg.out_dir / "tb"), gamma=shaping.gamma
     )
     if cfg.algo is Algo.sac:
         warm = bool(cfg.demos and cfg.bc_epochs)
@@ -394,7 +418,7 @@ def build(cfg: RLConfig, demos: tuple | None = None):
             q_filter=cfg.q_filter,
             ibrl=cfg.ibrl and warm,
             critic_subset=cfg.critic_subset,
-            q_bounds=return_bounds(cfg.shaping) if cfg.q_clip else None,
+            q_bounds=return_bounds(shaping) if cfg.q_clip else None,
             actor_delay=cfg.actor_delay if warm else 0,
             actor_update=cfg.actor_update,
             awac_beta=cfg.awac_beta,

@@ -192,6 +192,7 @@ def demo_transitions(demos, views, model, ctx, cfg) -> dict:
     transition into a state the policy must recover from)."""
     n = cfg.n_step
     gamma = cfg.shaping.gamma
+    chunk = getattr(cfg, "action_chunk", 1)
     rows = {k: [] for k in ("obs", "act", "rew", "next", "done", "disc", "clone")}
     for ep in demos:
         T = len(ep)
@@ -203,6 +204,10 @@ def demo_transitions(demos, views, model, ctx, cfg) -> dict:
             )
         else:
             phi = np.zeros(T)
+        if chunk > 1:
+            for key, value in _chunk_rows(ep, phi, cfg, chunk).items():
+                rows[key].append(value)
+            continue
         success = ep.success.astype(float)
         terminated = np.zeros(T - 1, bool)
         terminated[-1] = bool(ep.success[-1])
@@ -224,6 +229,47 @@ def demo_transitions(demos, views, model, ctx, cfg) -> dict:
         rows["disc"].append(disc)
         rows["clone"].append(clone_mask(ep))
     return {k: np.concatenate(v) for k, v in rows.items()}
+
+
+def _chunk_rows(ep, phi: np.ndarray, cfg, k: int) -> dict:
+    """One demo's transitions as action chunks (``robo.rl.chunking``): from every step t,
+    the next ``k`` actions, rewarded as the chunked env rewards them (shaping with
+    ``gamma^k`` between the chunk's first and last state, the env's rewards discounted over
+    it, success if any of its steps succeeded) and ending ``m = min(k, T - 1 - t)`` steps on.
+    A chunk is cloned only if all its actions are the expert's."""
+    from robo.rl.chunking import chunk_actions
+
+    gamma = cfg.shaping.gamma
+    T = len(ep)
+    t = np.arange(T - 1)
+    end = np.minimum(t + k, T - 1)  # index of the chunk's last state
+    success = ep.success.astype(bool)
+    steps = np.arange(k)
+    inside = (t[:, None] + 1 + steps[None, :]) <= end[:, None]  # (T-1, k) steps run
+    future = np.minimum(t[:, None] + 1 + steps[None, :], T - 1)
+    r_env = (np.where(inside, gamma**steps * ep.env_reward[future], 0.0)).sum(1)
+    hit = (inside & success[future]).any(1)
+    terminated = (end == T - 1) & bool(ep.success[-1])
+    r = shaped_reward(
+        cfg.shaping.mode,
+        cfg.shaping.success_bonus * hit,
+        phi[t],
+        phi[end],
+        terminated,
+        gamma**k,
+        r_env,
+    )
+    mask = clone_mask(ep)
+    clone = np.array([mask[a:b].all() for a, b in zip(t, end)])
+    return {
+        "obs": ep.states[:-1],
+        "act": chunk_actions(ep.actions[:-1], k),
+        "rew": r,
+        "next": ep.states[end],
+        "done": terminated,
+        "disc": np.full(T - 1, gamma**k),
+        "clone": clone,
+    }
 
 
 def _score_with_context(model, frames: np.ndarray, ctx) -> np.ndarray:
