@@ -260,7 +260,7 @@ def _chunk_rows(ep, phi: np.ndarray, cfg, k: int) -> dict:
         r_env,
     )
     mask = clone_mask(ep)
-    clone = np.array([mask[a:b].all() for a, b in zip(t, end)])
+    clone = np.array([mask[a:b].all() for a, b in zip(t, end, strict=True)])
     return {
         "obs": ep.states[:-1],
         "act": chunk_actions(ep.actions[:-1], k),

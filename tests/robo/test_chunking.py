@@ -53,9 +53,7 @@ def test_chunk_actions_repeat_the_last_action_past_the_end():
     from robo.rl.chunking import chunk_actions
 
     a = np.array([[0.0, 1], [2, 3], [4, 5]])
-    np.testing.assert_array_equal(
-        chunk_actions(a, 2), [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 4, 5]]
-    )
+    np.testing.assert_array_equal(chunk_actions(a, 2), [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 4, 5]])
     np.testing.assert_array_equal(chunk_actions(a, 1), a)
 
 
