@@ -213,15 +213,34 @@ def make_policy(spec: str, robot) -> Callable[[dict], dict]:
     except Exception:  # noqa: BLE001 - try the other algorithm before giving up
         model = PPO.load(path)
     keys = list(robot.action_features)
-
-    def act(obs: dict[str, Any]) -> dict:
-        env = getattr(robot, "unwrapped", None)
-        state = (
-            env._obs()
-            if env is not None and hasattr(env, "_obs")
-            else np.array([v for v in obs.values() if np.isscalar(v)], np.float32)
+    size = int(np.prod(model.action_space.shape))
+    if size % len(keys):
+        raise RoboError(
+            f"{path}: its policy outputs {size} values per decision, the robot takes "
+            f"{len(keys)} ({', '.join(keys)}): use a policy trained for this robot's action space"
         )
-        action = model.predict(state, deterministic=True)[0]
-        return dict(zip(keys, map(float, action), strict=True))
+    return _SB3Policy(model, robot, keys, size // len(keys))
 
-    return act
+
+class _SB3Policy:
+    """An SB3 policy on the robot; one trained on action chunks (``--action_chunk k``) has its
+    ``k`` actions sent on the next ``k`` control ticks, open-loop, as in training."""
+
+    def __init__(self, model, robot, keys: list[str], chunk: int):
+        self.model, self.robot, self.keys, self.chunk = model, robot, keys, chunk
+        self.pending: list[np.ndarray] = []
+
+    def reset(self) -> None:
+        self.pending = []
+
+    def __call__(self, obs: dict[str, Any]) -> dict:
+        if not self.pending:
+            env = getattr(self.robot, "unwrapped", None)
+            state = (
+                env._obs()
+                if env is not None and hasattr(env, "_obs")
+                else np.array([v for v in obs.values() if np.isscalar(v)], np.float32)
+            )
+            action = self.model.predict(state, deterministic=True)[0]
+            self.pending = list(np.asarray(action).reshape(self.chunk, len(self.keys)))
+        return dict(zip(self.keys, map(float, self.pending.pop(0)), strict=True))

@@ -149,3 +149,37 @@ def test_bad_robot_input(tmp_path, capsys):
         == 2
     )
     assert "--policy" in capsys.readouterr().err
+
+
+def test_a_chunked_sb3_policy_sends_its_actions_on_consecutive_ticks(robot, tmp_path):
+    """A policy trained with --action_chunk 2 outputs 2 x 4 values: the loop sends them on
+    two ticks and asks the policy again on the third; a policy of another size is refused."""
+    import gymnasium as gym
+    import numpy as np
+
+    from robo.errors import RoboError
+    from robo.rl.demosac import DemoSAC
+
+    class Spaces(gym.Env):
+        observation_space = robot.unwrapped.observation_space
+
+        def __init__(self, n):
+            self.action_space = gym.spaces.Box(-1.0, 1.0, (n,), np.float32)
+
+    DemoSAC("MlpPolicy", Spaces(8), seed=0).save(tmp_path / "chunked")
+    policy = make_policy(f"sb3:{tmp_path / 'chunked.zip'}", robot)
+    calls = []
+    predict = policy.model.predict
+    policy.model.predict = lambda *a, **k: calls.append(1) or predict(*a, **k)
+    obs = robot.get_observation()
+    sent = [policy(obs) for _ in range(3)]
+    assert len(calls) == 2 and all(set(s) == {"dx", "dy", "dz", "grip"} for s in sent)
+    state = robot.unwrapped._obs()
+    chunk = predict(state, deterministic=True)[0].reshape(2, 4)
+    assert [sent[0][k] for k in ("dx", "dy", "dz", "grip")] == pytest.approx(chunk[0].tolist())
+    assert [sent[1][k] for k in ("dx", "dy", "dz", "grip")] == pytest.approx(chunk[1].tolist())
+    policy.reset()
+    assert policy.pending == []
+    DemoSAC("MlpPolicy", Spaces(6), seed=0).save(tmp_path / "odd")
+    with pytest.raises(RoboError, match="outputs 6 values per decision, the robot takes 4"):
+        make_policy(f"sb3:{tmp_path / 'odd.zip'}", robot)
