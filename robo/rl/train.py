@@ -16,6 +16,8 @@ while the learner takes its gradient steps (``--deferred_reward``, see
 ``robo.deferred_reward``); ``--ibrl``, ``--critic_layernorm``, critic ensembles
 (``--n_critics``, ``--critic_subset``) and TD targets bounded to the return's range
 (``--q_clip``, see ``return_bounds``) are optional additions to DemoSAC (``robo.rl.demosac``).
+``--action_chunk k`` makes every decision k actions run open-loop (``robo.rl.chunking``);
+steps, evaluation cadence and actor delay then count decisions.
 
 Writes ``<out>/`` : TensorBoard logs, checkpoints, ``eval.json`` (success rate every
 ``eval_every`` steps, 20 deterministic episodes) and the final policy.
