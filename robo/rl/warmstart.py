@@ -192,7 +192,7 @@ def demo_transitions(demos, views, model, ctx, cfg) -> dict:
     transition into a state the policy must recover from)."""
     n = cfg.n_step
     gamma = cfg.shaping.gamma
-    chunk = getattr(cfg, "action_chunk", 1)
+    chunk = cfg.action_chunk
     rows = {k: [] for k in ("obs", "act", "rew", "next", "done", "disc", "clone")}
     for ep in demos:
         T = len(ep)
