@@ -45,6 +45,13 @@ demonstrations are given:
   whichever of the two proposals the critic rates higher, and the TD target bootstraps
   from the better of the two at the next state. The policy starts as good as the clone
   and the RL actor only takes over where the critic has learned it does better.
+* **Residual RL** (``residual_scale``), optional: a frozen copy of the cloned actor is the
+  base policy and the RL actor learns a bounded correction to it, ``a = clip(mu_bc(s) +
+  residual_scale * pi(s))`` (residual policy learning, Silver et al. 2018; Policy
+  Decorator, Yuan et al. 2024). The actor starts at a zero correction, so RL begins exactly
+  at the clone and can never move further from it than the scale allows, per action
+  dimension, however wrong the critic is. The critic rates executed actions, the BC term
+  compares executed actions with the demonstrations'.
 
 Everything else (entropy tuning, target networks, logging) is SAC's.
 """
@@ -101,8 +108,14 @@ class DemoSAC(SAC):
         awac_max_weight: float = 20.0,
         awac_advantage: str = "critic",
         awac_normalize: bool = False,
+        residual_scale: float = 0.0,
         **kwargs,
     ):
+        if residual_scale < 0:
+            raise ValueError(f"residual_scale={residual_scale} must be at least 0 (0: off)")
+        self.residual_scale = float(residual_scale)
+        if self.residual_scale and (ibrl or actor_update != "sac"):
+            raise ValueError("residual_scale works with SAC's own actor update, without ibrl")
         self.awac_normalize = bool(awac_normalize)
         if awac_advantage not in ("critic", "return"):
             raise ValueError(f"awac_advantage={awac_advantage!r}: use critic or return")
@@ -170,17 +183,40 @@ class DemoSAC(SAC):
         n = len(self.critic.q_networks)
         if not 0 <= self.critic_subset <= n:
             raise ValueError(f"critic_subset={self.critic_subset} must lie in [0, n_critics={n}]")
-        if self.ibrl:  # the frozen proposal; load() restores its weights into it
+        if self._keeps_clone:  # IBRL's proposal or the residual's base; load() restores it
             self.bc_actor = copy.deepcopy(self.actor).requires_grad_(False).eval()
 
-    def freeze_bc_actor(self) -> None:
-        """Freeze the current actor (just behaviour-cloned) as IBRL's imitation proposal."""
-        if self.ibrl:
-            self.bc_actor.load_state_dict(self.actor.state_dict())
+    @property
+    def _keeps_clone(self) -> bool:
+        return self.ibrl or bool(getattr(self, "residual_scale", 0.0))
+
+    def freeze_bc_actor(self, residual_std: float = 0.2) -> None:
+        """Freeze the current actor (just behaviour-cloned) as IBRL's imitation proposal or
+        the residual's base policy. For the residual, the actor then starts over at a zero
+        correction everywhere (its output layer's weights zeroed; the hidden layers keep the
+        clone's features) with exploration noise ``residual_std`` (pre-squashing)."""
+        if not self._keeps_clone:
+            return
+        self.bc_actor.load_state_dict(self.actor.state_dict())
+        if self.residual_scale:
+            with th.no_grad():
+                self.actor.mu.weight.zero_()
+                self.actor.mu.bias.zero_()
+                self.actor.log_std.weight.zero_()
+                self.actor.log_std.bias.fill_(float(np.log(residual_std)))
 
     def _get_torch_save_params(self):
         state_dicts, other = super()._get_torch_save_params()
-        return (state_dicts + ["bc_actor"] if self.ibrl else state_dicts), other
+        return (state_dicts + ["bc_actor"] if self._keeps_clone else state_dicts), other
+
+    def _compose(self, obs: th.Tensor, residual: th.Tensor) -> th.Tensor:
+        """The executed action (in [-1, 1]): the base's plus the scaled residual, clipped;
+        the residual itself when the mode is off."""
+        if not self.residual_scale:
+            return residual
+        with th.no_grad():
+            base = self.bc_actor(obs, deterministic=True)
+        return (base + self.residual_scale * residual).clamp(-1.0, 1.0)
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "bc_actor"]
@@ -205,12 +241,15 @@ class DemoSAC(SAC):
         return th.where(use_bc, a_bc, a_rl)
 
     def predict(self, observation, state=None, episode_start=None, deterministic=False):
-        if not self.ibrl:
+        if not self._keeps_clone:
             return super().predict(observation, state, episode_start, deterministic)
         self.policy.set_training_mode(False)
         obs, vectorized = self.policy.obs_to_tensor(observation)
         with th.no_grad():
-            a = self._select(obs, self.actor(obs, deterministic), self.bc_actor(obs, deterministic))
+            a = self.actor(obs, deterministic)
+            if self.ibrl:
+                a = self._select(obs, a, self.bc_actor(obs, deterministic))
+            a = self._compose(obs, a)
         action = self.policy.unscale_action(a.cpu().numpy())
         return (action if vectorized else action[0]), state
 
@@ -290,6 +329,7 @@ class DemoSAC(SAC):
             if self.actor_update == "sac":  # AWAC's actor needs no sample from the policy
                 actions_pi, log_prob = self.actor.action_log_prob(obs)
                 log_prob = log_prob.reshape(-1, 1)
+                actions_pi = self._compose(obs, actions_pi)
             if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
                 ent_coef = th.exp(self.log_ent_coef.detach())
                 if not actor_frozen and self.actor_update == "sac":
@@ -305,6 +345,7 @@ class DemoSAC(SAC):
 
             with th.no_grad():
                 next_actions, next_log_prob = self.actor.action_log_prob(nxt)
+                next_actions = self._compose(nxt, next_actions)
                 next_q = self._q_target(self.critic_target, nxt, next_actions)
                 next_q = next_q - ent_coef * next_log_prob.reshape(-1, 1)
                 if self.ibrl:  # bootstrap from the better of the two proposals
@@ -339,7 +380,7 @@ class DemoSAC(SAC):
                         bc_obs = th.cat([bc_obs, self.self_demos["obs"][j]])
                         bc_act = th.cat([bc_act, self.self_demos["act"][j]])
                         clone = th.cat([clone, th.ones_like(clone)])
-                    mu = self.actor(bc_obs, deterministic=True)
+                    mu = self._compose(bc_obs, self.actor(bc_obs, deterministic=True))
                     err = ((mu - bc_act) ** 2).mean(dim=1, keepdim=True)
                     if self.q_filter:  # clone a demo action only where the critic rates it higher
                         with th.no_grad():

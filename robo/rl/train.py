@@ -103,6 +103,11 @@ class RLConfig:
     # proposes actions beside the RL actor; the critic picks the better one (acting and
     # in the TD target). Needs --demos and --bc_epochs > 0.
     ibrl: bool = False
+    # SAC: residual RL on the clone (0: off): a frozen copy of the cloned actor is the base
+    # policy and the RL actor learns a correction of at most this much per action dimension
+    # (in the [-1, 1] action scale; 2 lets it flip a saturated gripper command), starting
+    # at zero. Needs --demos and --bc_epochs > 0; not with --ibrl or --actor_update awac.
+    residual_scale: float = 0.0
     # SAC: self-imitation: the policy's own successful training episodes join the
     # behaviour-cloning term beside the demonstrations (needs the warm start's BC term).
     self_imitation: bool = False
@@ -215,6 +220,20 @@ class RLConfig:
             self.shaping.mode in (ShapingMode.pbrs, ShapingMode.naive)
             or self.shaping.success_source == "model"
         )
+        if self.residual_scale < 0:
+            raise RoboError(f"--residual_scale {self.residual_scale} must be at least 0 (0: off)")
+        if self.residual_scale and (
+            self.algo is not Algo.sac or not self.demos or not self.bc_epochs
+        ):
+            raise RoboError(
+                "--residual_scale corrects the cloned actor: it needs --algo sac, --demos <store> "
+                "and --bc_epochs > 0"
+            )
+        if self.residual_scale and (self.ibrl or self.actor_update != "sac"):
+            raise RoboError(
+                "--residual_scale works with SAC's own actor update: drop --ibrl and "
+                "--actor_update awac"
+            )
         if self.reward == "privileged" and self.refine:
             raise RoboError(
                 "--refine true adapts a GRM; the privileged potential has nothing to refine"
@@ -419,6 +438,7 @@ def build(cfg: RLConfig, demos: tuple | None = None):
             bc_weight=cfg.bc_weight if warm else 0.0,
             q_filter=cfg.q_filter,
             ibrl=cfg.ibrl and warm,
+            residual_scale=cfg.residual_scale if warm else 0.0,
             critic_subset=cfg.critic_subset,
             q_bounds=return_bounds(shaping) if cfg.q_clip else None,
             actor_delay=cfg.actor_delay if warm else 0,

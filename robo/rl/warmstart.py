@@ -311,8 +311,8 @@ def warm_start(cfg, algo, model, ctx, demos: tuple | None = None) -> dict:
     loss = behaviour_clone(
         algo.policy, tr["obs"][clone], tr["act"][clone], cfg.bc_epochs, std=cfg.bc_std
     )
-    if hasattr(algo, "freeze_bc_actor"):  # DemoSAC with IBRL: the clone stays as a proposal
-        algo.freeze_bc_actor()
+    if hasattr(algo, "freeze_bc_actor"):  # DemoSAC with IBRL or a residual: the clone stays
+        algo.freeze_bc_actor(residual_std=cfg.bc_std)
     info = {
         "demos": len(demos),
         "transitions": len(tr["obs"]),

@@ -557,3 +557,67 @@ def test_awac_return_advantage_follows_the_batch_returns_without_the_critic(norm
     a.train(300, batch_size=64)
     mu = a.actor(torch.as_tensor(tr["obs"]), deterministic=True).mean().item()
     assert 0.3 < mu < 0.65
+
+
+def residual_algo(scale: float, **kwargs):
+    torch.manual_seed(0)
+    args = dict(learning_starts=0, seed=0, ent_coef="auto_0.01", residual_scale=scale)
+    a = DemoSAC("MlpPolicy", Line(), **{**args, **kwargs})
+    tr = demos()
+    behaviour_clone(a.policy, tr["obs"], tr["act"], epochs=100, std=0.2)
+    clone = a.actor(torch.as_tensor(tr["obs"]), deterministic=True).detach()
+    a.freeze_bc_actor(residual_std=0.1)
+    a.set_demos(tr)
+    return a, tr, clone
+
+
+def test_residual_starts_at_the_clone_and_stays_within_its_bound():
+    """The residual starts at zero (the executed actions are the clone's); a critic that
+    always wants larger actions pulls the correction to its bound and never past it."""
+    a, tr, clone = residual_algo(0.3, bc_weight=0.0, demo_ratio=0.9)
+    obs = torch.as_tensor(tr["obs"])
+    start, _ = a.predict(tr["obs"], deterministic=True)
+    np.testing.assert_allclose(start, clone.numpy(), atol=1e-6)
+    with torch.no_grad():
+        assert a.actor(obs, deterministic=True).abs().max() < 1e-6
+        _, log_std, _ = a.actor.get_action_dist_params(obs)
+    np.testing.assert_allclose(log_std.exp().numpy(), 0.1, rtol=1e-5)
+    a.learn(2)  # a transition in the replay buffer
+    _swap_critic(a, _PreferLargeActions())
+    base = [p.clone() for p in a.bc_actor.parameters()]
+    a.train(300, batch_size=64)
+    moved = a.predict(tr["obs"], deterministic=True)[0] - clone.numpy()
+    assert moved.max() <= 0.3 + 1e-5  # never past the bound
+    assert moved[clone.numpy() < 0.6].mean() > 0.2  # pulled up to it where there is room
+    assert all(torch.equal(x, y) for x, y in zip(base, a.bc_actor.parameters(), strict=True))
+    # without the residual the same critic drags the actor far from the clone
+    b = DemoSAC("MlpPolicy", Line(), learning_starts=0, seed=0, bc_weight=0.0, demo_ratio=0.9)
+    behaviour_clone(b.policy, tr["obs"], tr["act"], epochs=100, std=0.2)
+    b.set_demos(tr)
+    b.learn(2)
+    _swap_critic(b, _PreferLargeActions())
+    b.train(300, batch_size=64)
+    assert (b.predict(tr["obs"], deterministic=True)[0] - clone.numpy()).max() > 0.6
+
+
+def test_residual_policy_saves_and_loads_with_its_base(tmp_path):
+    a, tr, _ = residual_algo(0.5)
+    with torch.no_grad():
+        for p in a.actor.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    a.save(tmp_path / "policy")
+    b = DemoSAC.load(tmp_path / "policy")
+    assert b.residual_scale == 0.5 and b.bc_actor is not None
+    x = tr["obs"][:32]
+    np.testing.assert_allclose(
+        b.predict(x, deterministic=True)[0], a.predict(x, deterministic=True)[0], atol=1e-6
+    )
+    assert b.predict(x[0], deterministic=True)[0].shape == (1,)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"residual_scale": -0.1}, {"ibrl": True}, {"actor_update": "awac"}]
+)
+def test_residual_settings_are_checked(kwargs):
+    with pytest.raises(ValueError):
+        DemoSAC("MlpPolicy", Line(), **{"residual_scale": 0.5, **kwargs})
