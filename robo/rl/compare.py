@@ -10,7 +10,7 @@ same seeds, budget and warm start; success-vs-episodes and success-vs-steps curv
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,48 @@ class Condition:
     shaping: ShapingConfig = field(default_factory=ShapingConfig)
     # close the reward-refinement loop in this condition (GRM rewards only).
     refine: bool = False
+    # run settings of this condition only, over the shared ones, e.g. {residual_scale: 0.5}
+    # or {ibrl: true}: compare learners as well as rewards. The budget, seeds, env and
+    # evaluation stay shared (see FIXED_RUN_FIELDS).
+    run: dict = field(default_factory=dict)
+
+
+# Settings a condition may not override: they make its runs comparable with the others'
+# (same env, budget in env steps, seeds and evaluation), or have fields of their own.
+FIXED_RUN_FIELDS = frozenset(
+    {
+        "env",
+        "steps",
+        "seed",
+        "out",
+        "eval_every",
+        "eval_episodes",
+        "max_episode_steps",
+        "action_chunk",
+        "reward",
+        "shaping",
+        "refine",
+    }
+)
+
+
+def condition_run(run: RLConfig, cond: Condition, **extra) -> RLConfig:
+    """The shared run settings with the condition's reward, shaping, refinement and
+    overrides (one-line errors for a setting that does not exist or must stay shared)."""
+    known = {f.name for f in fields(RLConfig)}
+    for key in cond.run:
+        if key not in known:
+            raise RoboError(
+                f"condition {cond.name!r}: run has no setting {key!r} (see `robo rl train --help`)"
+            )
+        if key in FIXED_RUN_FIELDS:
+            raise RoboError(
+                f"condition {cond.name!r}: {key!r} is shared by all conditions; set it under "
+                "`run:` at the top (reward, shaping and refine are condition fields)"
+            )
+    return replace(
+        run, **cond.run, reward=cond.reward, shaping=cond.shaping, refine=cond.refine, **extra
+    )
 
 
 @dataclass
@@ -49,7 +91,7 @@ class CompareConfig:
         if not self.conditions:
             raise RoboError("no conditions to compare: list them under `conditions:` in the config")
         for c in self.conditions:
-            replace(self.run, reward=c.reward, shaping=c.shaping, refine=c.refine).validate()
+            condition_run(self.run, c).validate()
         if self.workers < 1:
             raise RoboError(f"workers={self.workers} must be at least 1")
         names = [c.name for c in self.conditions]
@@ -67,14 +109,7 @@ def compare(cfg: CompareConfig) -> dict:
     jobs = [
         (
             cond.name,
-            replace(
-                cfg.run,
-                reward=cond.reward,
-                shaping=cond.shaping,
-                refine=cond.refine,
-                seed=seed,
-                out=str(out / cond.name / f"seed{seed}"),
-            ),
+            condition_run(cfg.run, cond, seed=seed, out=str(out / cond.name / f"seed{seed}")),
         )
         for cond in cfg.conditions
         for seed in cfg.seeds

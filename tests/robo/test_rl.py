@@ -376,3 +376,28 @@ def test_actor_update_settings_reach_the_algorithm(tmp_path):
         )
     finally:
         venv.close()
+
+
+def test_compare_conditions_override_run_settings_but_not_the_shared_budget():
+    from robo.errors import RoboError
+    from robo.rl.compare import CompareConfig, Condition, condition_run
+    from robo.rl.train import RLConfig
+    from robo.shaping import ShapingConfig
+
+    run = RLConfig(env="tabletop/reach-v0", steps=60, utd=1)
+    sparse = ShapingConfig(mode="sparse")
+    plain = Condition(name="sac", shaping=sparse)
+    faster = Condition(name="sac-utd3", shaping=sparse, run={"utd": 3, "critic_layernorm": True})
+    cfg = CompareConfig(run=run, conditions=[plain, faster], seeds=[0])
+    a, b = (condition_run(cfg.run, c, seed=5) for c in cfg.conditions)
+    assert (a.utd, a.critic_layernorm, b.utd, b.critic_layernorm) == (1, False, 3, True)
+    assert a.steps == b.steps == 60 and a.seed == b.seed == 5
+    assert b.shaping.mode == "sparse" and run.utd == 1  # the shared settings are untouched
+    for overrides, message in [
+        ({"utdd": 3}, "run has no setting 'utdd'"),
+        ({"steps": 600}, "'steps' is shared by all conditions"),
+        ({"reward": "privileged"}, "'reward' is shared by all conditions"),
+    ]:
+        bad = Condition(name="bad", shaping=sparse, run=overrides)
+        with pytest.raises(RoboError, match=message):
+            CompareConfig(run=run, conditions=[plain, bad])
