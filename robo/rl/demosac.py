@@ -52,6 +52,12 @@ demonstrations are given:
   at the clone and can never move further from it than the scale allows, per action
   dimension, however wrong the critic is. The critic rates executed actions, the BC term
   compares executed actions with the demonstrations'.
+* **Flip exploration** (``flip_prob``, ``flip_dims``), optional: in training rollouts,
+  each decision flips the sign of the given action dimensions (a gripper command) with
+  probability ``flip_prob``; the flipped action is what runs and what the buffer stores.
+  A cloned gripper command saturates at +-1, where Gaussian noise never opens or closes
+  the gripper; a policy that stalls where the expert switched (close at the cube, open at
+  the goal) then never tries the switch. Evaluation (deterministic) never flips.
 
 Everything else (entropy tuning, target networks, logging) is SAC's.
 """
@@ -109,8 +115,15 @@ class DemoSAC(SAC):
         awac_advantage: str = "critic",
         awac_normalize: bool = False,
         residual_scale: float = 0.0,
+        flip_prob: float = 0.0,
+        flip_dims: tuple[int, ...] = (),
         **kwargs,
     ):
+        if not 0.0 <= flip_prob < 1.0:
+            raise ValueError(f"flip_prob={flip_prob} must lie in [0, 1)")
+        self.flip_prob, self.flip_dims = float(flip_prob), tuple(int(d) for d in flip_dims)
+        if self.flip_prob and not self.flip_dims:
+            raise ValueError("flip_prob needs flip_dims: the action dimensions to flip")
         if residual_scale < 0:
             raise ValueError(f"residual_scale={residual_scale} must be at least 0 (0: off)")
         self.residual_scale = float(residual_scale)
@@ -218,9 +231,6 @@ class DemoSAC(SAC):
             base = self.bc_actor(obs, deterministic=True)
         return (base + self.residual_scale * residual).clamp(-1.0, 1.0)
 
-    def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "bc_actor"]
-
     def _q_value(self, critic, obs: th.Tensor, act: th.Tensor) -> th.Tensor:
         """The critic's rating of an action for the actor and for IBRL's choice: the minimum
         of a pair (SAC's clipped double Q), the mean of a larger ensemble (REDQ)."""
@@ -252,6 +262,25 @@ class DemoSAC(SAC):
             a = self._compose(obs, a)
         action = self.policy.unscale_action(a.cpu().numpy())
         return (action if vectorized else action[0]), state
+
+    def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
+        action, buffer_action = super()._sample_action(learning_starts, action_noise, n_envs)
+        if self.flip_prob:
+            rows = np.flatnonzero(self._flip_rng.random(n_envs) < self.flip_prob)
+            if rows.size:
+                buffer_action = np.array(buffer_action, copy=True)
+                buffer_action[np.ix_(rows, self.flip_dims)] *= -1.0
+                action = self.policy.unscale_action(buffer_action)
+        return action, buffer_action
+
+    @property
+    def _flip_rng(self) -> np.random.Generator:
+        if getattr(self, "_flip_gen", None) is None:
+            self._flip_gen = np.random.default_rng(self.seed)
+        return self._flip_gen
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "bc_actor", "_flip_gen"]
 
     def _awac_loss(
         self, obs: th.Tensor, act: th.Tensor, ret: th.Tensor

@@ -108,6 +108,13 @@ class RLConfig:
     # (in the [-1, 1] action scale; 2 lets it flip a saturated gripper command), starting
     # at zero. Needs --demos and --bc_epochs > 0; not with --ibrl or --actor_update awac.
     residual_scale: float = 0.0
+    # SAC: probability per decision of flipping the sign of one action dimension (the
+    # gripper command) in training rollouts (0: off): exploration of the switches a cloned,
+    # saturated gripper command never tries under Gaussian noise. With --action_chunk every
+    # step of the chunk is flipped.
+    flip_prob: float = 0.0
+    # the dimension --flip_prob flips, within one step's action (-1: the last, the gripper).
+    flip_dim: int = -1
     # SAC: self-imitation: the policy's own successful training episodes join the
     # behaviour-cloning term beside the demonstrations (needs the warm start's BC term).
     self_imitation: bool = False
@@ -234,6 +241,10 @@ class RLConfig:
                 "--residual_scale works with SAC's own actor update: drop --ibrl and "
                 "--actor_update awac"
             )
+        if not 0.0 <= self.flip_prob < 1.0:
+            raise RoboError(f"--flip_prob {self.flip_prob} must lie in [0, 1) (0: off)")
+        if self.flip_prob and self.algo is not Algo.sac:
+            raise RoboError("--flip_prob explores in SAC's rollouts: use --algo sac")
         if self.reward == "privileged" and self.refine:
             raise RoboError(
                 "--refine true adapts a GRM; the privileged potential has nothing to refine"
@@ -398,6 +409,18 @@ def policy_obs_indices(cfg: RLConfig) -> list[int] | None:
     return None if keep is None else list(keep)
 
 
+def flip_dims(cfg: RLConfig, action_space) -> tuple[int, ...]:
+    """Indices of ``--flip_dim`` in every step of a decision's (possibly chunked) action."""
+    per_step = int(action_space.shape[0]) // cfg.action_chunk
+    if not -per_step <= cfg.flip_dim < per_step:
+        raise RoboError(
+            f"--flip_dim {cfg.flip_dim}: the env's actions have {per_step} dimensions "
+            f"(use 0..{per_step - 1}, or -1 for the last)"
+        )
+    d = cfg.flip_dim % per_step
+    return tuple(j * per_step + d for j in range(cfg.action_chunk))
+
+
 def build(cfg: RLConfig, demos: tuple | None = None):
     """Reward model, shaped vec env and SB3 algorithm (``demos``: ``load_demos``'s answer
     for ``cfg.demos`` when the caller has it already)."""
@@ -439,6 +462,8 @@ def build(cfg: RLConfig, demos: tuple | None = None):
             q_filter=cfg.q_filter,
             ibrl=cfg.ibrl and warm,
             residual_scale=cfg.residual_scale if warm else 0.0,
+            flip_prob=cfg.flip_prob,
+            flip_dims=flip_dims(cfg, venv.action_space) if cfg.flip_prob else (),
             critic_subset=cfg.critic_subset,
             q_bounds=return_bounds(shaping) if cfg.q_clip else None,
             actor_delay=cfg.actor_delay if warm else 0,

@@ -621,3 +621,37 @@ def test_residual_policy_saves_and_loads_with_its_base(tmp_path):
 def test_residual_settings_are_checked(kwargs):
     with pytest.raises(ValueError):
         DemoSAC("MlpPolicy", Line(), **{"residual_scale": 0.5, **kwargs})
+
+
+class Plane(Line):
+    """Line with a second action dimension (a "gripper") that does nothing."""
+
+    action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def step(self, action):
+        return super().step(np.asarray(action)[:1])
+
+
+def test_flip_exploration_flips_only_the_given_dimension_in_rollouts():
+    torch.manual_seed(0)
+    a = DemoSAC(
+        "MlpPolicy",
+        Plane(),
+        learning_starts=0,
+        seed=0,
+        gradient_steps=0,
+        flip_prob=0.5,
+        flip_dims=(1,),
+    )  # no updates: the rollouts are the clone's, with flips
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-1, 1, (400, 1)).astype(np.float32)
+    behaviour_clone(a.policy, obs, np.tile([0.0, 0.9], (400, 1)), epochs=100, std=0.05)
+    a.learn(200)
+    grip = a.replay_buffer.actions[: a.replay_buffer.pos, 0, 1]
+    assert 0.3 < (grip < 0).mean() < 0.7  # about half the rollout steps flipped
+    assert np.all(np.abs(np.abs(grip) - 0.9) < 0.3)  # flipped, not noised
+    assert np.abs(a.replay_buffer.actions[: a.replay_buffer.pos, 0, 0]).max() < 0.5
+    # the deterministic policy (evaluation) never flips
+    assert np.all(a.predict(obs[:50], deterministic=True)[0][:, 1] > 0.5)
+    with pytest.raises(ValueError):
+        DemoSAC("MlpPolicy", Plane(), flip_prob=0.1)

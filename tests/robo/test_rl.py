@@ -180,6 +180,8 @@ def test_ppo_sparse_without_a_model(tmp_path):
         (["--awac_beta", "0"], "--awac_beta 0.0 must be positive"),
         (["--awac_advantage", "gae"], "--awac_advantage 'gae': use critic or return"),
         (["--self_imitation", "true"], "--self_imitation true adds to SAC's behaviour-cloning"),
+        (["--flip_prob", "1"], "--flip_prob 1.0 must lie in [0, 1)"),
+        (["--flip_prob", "0.1", "--algo", "ppo"], "--flip_prob explores in SAC's rollouts"),
         (["--residual_scale", "-1"], "--residual_scale -1.0 must be at least 0"),
         (["--residual_scale", "0.5"], "--residual_scale corrects the cloned actor: it needs"),
         (["--policy_obs", "relative"], "--policy_obs 'relative': use auto, all or invariant"),
