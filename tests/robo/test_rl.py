@@ -403,3 +403,19 @@ def test_compare_conditions_override_run_settings_but_not_the_shared_budget():
         bad = Condition(name="bad", shaping=sparse, run=overrides)
         with pytest.raises(RoboError, match=message):
             CompareConfig(run=run, conditions=[plain, bad])
+
+
+def test_flip_dims_cover_every_step_of_a_chunk():
+    import gymnasium as gym
+
+    from robo.errors import RoboError
+    from robo.rl.train import RLConfig, flip_dims
+
+    space = gym.spaces.Box(-1.0, 1.0, (12,))  # 3 steps of 4 values
+    cfg = RLConfig(env="tabletop/reach-v0", action_chunk=3, flip_prob=0.1)
+    assert flip_dims(cfg, space) == (3, 7, 11)
+    cfg.flip_dim = 0
+    assert flip_dims(cfg, space) == (0, 4, 8)
+    cfg.flip_dim = 4
+    with pytest.raises(RoboError, match="--flip_dim 4: the env's actions have 4 dimensions"):
+        flip_dims(cfg, space)
