@@ -94,6 +94,10 @@ class TabletopEnv(gym.Env):
         render_mode: ``None`` or ``"rgb_array"`` (views tiled side by side).
         randomization: domain randomisation switches; object poses are randomised by default.
         terminate_on_success: end the episode when the task is solved.
+        terminate_on_object_lost: end the episode (terminated, ``info["object_lost"]``) when
+            an object has fallen off the table (its centre more than ``LOST_DEPTH`` below the
+            table top): the world has no floor, the object falls for the rest of the episode
+            and the task can no longer be solved.
         frame_skip: physics steps (2 ms each) per control step.
         max_displacement: metres of tool motion per unit action per control step.
     """
@@ -104,6 +108,8 @@ class TabletopEnv(gym.Env):
     STAGE_NAMES: tuple[str, ...] = ("reach",)
     TASK_TEXT = ""
     ENV_ID = "tabletop/?"
+    # metres below the table top (z = 0) at which an object counts as fallen off the table
+    LOST_DEPTH = 0.1
 
     def __init__(
         self,
@@ -112,6 +118,7 @@ class TabletopEnv(gym.Env):
         render_mode: str | None = None,
         randomization: Randomization | dict | None = None,
         terminate_on_success: bool = True,
+        terminate_on_object_lost: bool = True,
         frame_skip: int = 20,
         max_displacement: float = 0.02,
     ):
@@ -124,6 +131,7 @@ class TabletopEnv(gym.Env):
         self.render_mode = render_mode
         self.randomization = randomization or Randomization()
         self.terminate_on_success = terminate_on_success
+        self.terminate_on_object_lost = bool(terminate_on_object_lost)
         self.frame_skip = int(frame_skip)
         self.max_displacement = float(max_displacement)
         self.model = mujoco.MjModel.from_xml_string(build_scene_xml(self.OBJECTS))
@@ -248,7 +256,10 @@ class TabletopEnv(gym.Env):
         mujoco.mj_step(self.model, d, nstep=self.frame_skip)
         info = self._info()
         reward = float(info["privileged_progress"] + info["success"])
-        terminated = bool(info["success"] and self.terminate_on_success)
+        terminated = bool(
+            (info["success"] and self.terminate_on_success)
+            or (info["object_lost"] and self.terminate_on_object_lost)
+        )
         if self.render_mode == "rgb_array":
             pass  # frames are produced on demand by render()
         return self._obs(), reward, terminated, False, info
@@ -323,6 +334,7 @@ class TabletopEnv(gym.Env):
             "stage": int(stage),
             "privileged_progress": float(np.clip(progress, 0.0, 1.0)),
             "tcp": self.tcp,
+            "object_lost": any(self.obj_pos(o.name)[2] < -self.LOST_DEPTH for o in self.OBJECTS),
         }
 
     @abstractmethod

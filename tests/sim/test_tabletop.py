@@ -196,3 +196,21 @@ def test_action_limits_are_clamped():
     before = u.tcp
     env.step(np.array([50.0, 0, 0, 0]))
     assert np.linalg.norm(u.tcp - before) < 2 * u.max_displacement + 1e-3
+
+
+@pytest.mark.parametrize("terminate", [True, False])
+def test_an_object_off_the_table_ends_the_episode(terminate):
+    """The world has no floor: a cube knocked off the table falls for good, so the episode
+    ends there (a failure), unless asked not to."""
+    env = sim.make("tabletop/pick-place-v0", terminate_on_object_lost=terminate)
+    u = env.unwrapped
+    env.reset(seed=0)
+    _, _, term, _, info = env.step(np.zeros(4, np.float32))
+    assert not term and info["object_lost"] is False
+    u.set_obj_pose("cube", [0.8, 0.0, 0.05])  # past the table's edge (x <= 0.5)
+    for _ in range(30):
+        _, _, term, _, info = env.step(np.zeros(4, np.float32))
+        if term:
+            break
+    assert info["object_lost"] and u.obj_pos("cube")[2] < -u.LOST_DEPTH
+    assert term is terminate and not info["success"]
