@@ -152,12 +152,29 @@ class PairSampler:
         self.rng = np.random.default_rng(seed)
         self.views = tuple(views)
         self.tasks = [self._open(url, episode_filter) for url in urls]
-        # Outcome-only stores (e.g. labelled RL episodes): their reference demos come from
-        # a task of the same env among ``urls``.
+        # Outcome-only stores (labelled RL episodes, robot runs, mined failures): their
+        # reference demos come from a task of the same env among ``urls``. Operators label
+        # success or failure; a store that also uses ``partial`` (e.g. the env's own labels
+        # on mined rollouts) keeps the three-class intervals.
         self.tasks += [self._open(url, None, demos_required=False) for url in outcome_urls]
-        for t in self.tasks[len(urls) :]:
-            t.three_class = False
         self.demo_tasks = [t for t in self.tasks if t.demo_ids]
+        # Groups are drawn per task with demonstrations; an outcome group draws a rollout
+        # from the task's own rollouts pooled with those of the outcome-only stores of its
+        # env, each rollout equally likely (so adding a store of mined failures shifts the
+        # mix of outcome groups rather than doubling their share).
+        self._sources: dict[int, list[_Task]] = {}
+        for t in self.tasks[len(urls) :]:
+            if not any(d.store.env_id == t.store.env_id for d in self.demo_tasks):
+                raise RoboError(
+                    f"{t.url} holds rollouts of {t.store.env_id} but no store among the "
+                    "training data has demonstrations of it: add one"
+                )
+        for t in self.demo_tasks:
+            self._sources[id(t)] = [t] * bool(t.rollout_ids) + [
+                o
+                for o in self.tasks[len(urls) :]
+                if o.rollout_ids and o.store.env_id == t.store.env_id
+            ]
         self.hist = np.ones(10)  # running histogram of hop values, for balancing
         self._batches = 0
 
@@ -174,13 +191,17 @@ class PairSampler:
             metas = [m for m in metas if episode_filter(url, m)]
         demos = [m.index for m in metas if is_training_demo(m)]
         rollouts = [m.index for m in metas if not is_training_demo(m) and m.policy != "expert"]
-        if not demos_required:  # outcome-only stores: only episodes with a success/failure label
-            rollouts = [i for i in rollouts if metas[i].outcome in ("success", "failure")]
+        three_class = True
+        if not demos_required:  # outcome-only stores: only episodes with an outcome label
+            demos = []  # (an expert episode there is not a demonstration to learn from)
+            labels = {m.index: m.outcome for m in metas if m.index in set(rollouts)}
+            three_class = "partial" in labels.values()
+            rollouts = [i for i in rollouts if labels[i] in ("success", "partial", "failure")]
         if not demos and demos_required:
             raise RoboError(f"{url} has no successful expert demonstrations to train on")
         stages = max([int(store.episode(i).stage.max()) for i in demos[:5]] or [0]) + 1
         self._view_idx = {url: [store.views.index(v) for v in self.views]}
-        return _Task(store, url, demos, rollouts, stages)
+        return _Task(store, url, demos, rollouts, stages, three_class)
 
     def describe(self) -> list[dict]:
         """What the sampler trains on: per task, the store, env id and episode indices."""
@@ -305,11 +326,13 @@ class PairSampler:
 
         Returns ``(frames, rows, intervals, text)``: rows index (start, goal, before, after)
         into frames; intervals are ``(lo, hi)`` bounds on each row's hop."""
-        ri = int(self.rng.choice(task.rollout_ids))
-        first, last, outcome, text = self._rollout_end(task, ri)
-        ref_task = task if task.demo_ids else self._same_env_demo_task(task)
-        ref = self._pick_demo(ref_task)[1]
-        lo, hi = outcome_interval(outcome, self.success_delta, task.three_class)
+        sources = self._sources[id(task)]
+        sizes = np.array([len(t.rollout_ids) for t in sources], dtype=float)
+        src = sources[int(self.rng.choice(len(sources), p=sizes / sizes.sum()))]
+        ri = int(self.rng.choice(src.rollout_ids))
+        first, last, outcome, text = self._rollout_end(src, ri)
+        ref = self._pick_demo(task)[1]
+        lo, hi = outcome_interval(outcome, self.success_delta, src.three_class)
         frames = [ref.frames[0], ref.frames[-1], last]
         rows, intervals = [(0, 1, 1, 2)], [(lo - 1.0, hi - 1.0)]  # backward: phi = 1 + H
         if self.own_start and first is not None:
@@ -317,14 +340,6 @@ class PairSampler:
             rows.append((0, 1, 3, 2))
             intervals.append((lo if lo > 0 else -1.0 - 1e-6, hi))  # forward: phi = max(H, 0)
         return frames, rows, intervals, text
-
-    def _same_env_demo_task(self, task: _Task) -> _Task:
-        for t in self.demo_tasks:
-            if t.store.env_id == task.store.env_id:
-                return t
-        raise RoboError(
-            f"{task.url} holds only rollouts and no store of {task.store.env_id} has demonstrations"
-        )
 
     def sample(self, groups: int) -> dict:
         """A batch of ``groups`` groups (about ``groups * pairs_per_group`` pairs).
@@ -337,8 +352,8 @@ class PairSampler:
         """
         frames, rows, texts, outcome_rows, outcome_labels = [], [], [], [], []
         for _ in range(groups):
-            task = self.tasks[int(self.rng.integers(len(self.tasks)))]
-            if task.rollout_ids and (not task.demo_ids or self.rng.random() < self.cfg.p_outcome):
+            task = self.demo_tasks[int(self.rng.integers(len(self.demo_tasks)))]
+            if self._sources[id(task)] and self.rng.random() < self.cfg.p_outcome:
                 f, rws, intervals, text = self._outcome_group(task)
                 base = len(frames)
                 frames += f

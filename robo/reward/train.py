@@ -60,6 +60,12 @@ class TrainConfig:
     seed: int = 0
     # continue from <out>/checkpoint.
     resume: bool = False
+    # start from a trained model's weights (a GRM folder): its architecture replaces
+    # --model's, and the new model records what both runs saw.
+    init: str = ""
+    # comma-separated outcome-only stores (labelled rollouts, e.g. `robo reward mine`
+    # failures): pooled with the rollouts of their env's store in --data.
+    outcomes: str = ""
     log_every: int = 25
     checkpoint_every: int = 250
     # torch threads (0: leave torch's default).
@@ -80,6 +86,10 @@ class TrainConfig:
     @property
     def urls(self) -> list[str]:
         return [u.strip() for u in self.data.split(",") if u.strip()]
+
+    @property
+    def outcome_urls(self) -> list[str]:
+        return [u.strip() for u in self.outcomes.split(",") if u.strip()]
 
 
 # ---------------------------------------------------------------------------- loss
@@ -280,20 +290,23 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if not cfg.allow_any_task:
-        _check_training_tasks(cfg.urls)
+        _check_training_tasks(cfg.urls + cfg.outcome_urls)
     rank, world = dist_info()
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
+    init = GRM.from_pretrained(cfg.init) if cfg.init else None
+    model_cfg = init.cfg if init is not None else cfg.model
     sampler = PairSampler(
         cfg.urls,
-        cfg.model.views,
+        model_cfg.views,
         cfg.sampler,
         seed=cfg.seed + 1000 * rank,
-        resolution=_encoder_resolution(cfg.model),
-        **model_sampling(cfg.model),
+        resolution=_encoder_resolution(model_cfg),
+        **model_sampling(model_cfg),
+        outcome_urls=cfg.outcome_urls,
     )
-    _check_image_size(sampler, cfg.model)
-    model = GRM(cfg.model)
+    _check_image_size(sampler, model_cfg)
+    model = init if init is not None else GRM(cfg.model)
     settings = LoopSettings(
         steps=cfg.steps,
         groups=cfg.groups,
@@ -318,6 +331,11 @@ def train(cfg: TrainConfig) -> Path:
                 "config": _jsonable(asdict(cfg)),
             }
         }
+        if init is not None:  # what the starting weights saw, recursively
+            info["training"]["init"] = {
+                "model": cfg.init,
+                "training": init.metadata.get("training"),
+            }
         model.save_pretrained(final, extra=info)
         print(f"saved {final} ({cfg.steps} steps, {info['training']['wall_time_s']} s)")
     if world > 1:

@@ -102,6 +102,35 @@ def test_train_records_what_it_saw_and_resumes(stores, tmp_path):
     GRM.from_pretrained(out / "model")
 
 
+def test_train_from_init_with_outcome_stores(stores, tmp_path, capsys):
+    """--init starts from a trained model (and records what it saw); --outcomes adds
+    outcome-only stores, pooled with their env's rollouts."""
+    _, pp, rollouts = stores
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    args = ["reward", "train", "--data", pp, "--config", TINY]
+    assert main([*args, "--out", str(base), "--steps", "4"]) == 0
+    code = main(
+        [*args, "--out", str(tuned), "--steps", "2", "--lr", "1e-12"]
+        + ["--init", str(base / "model"), "--outcomes", rollouts]
+    )
+    assert code == 0
+    meta = json.loads((tuned / "model" / "config.json").read_text())["training"]
+    assert meta["init"]["model"] == str(base / "model")
+    assert meta["init"]["training"]["steps"] == 4  # the starting weights' own record
+    pooled = meta["tasks"][1]
+    assert pooled["data"] == rollouts and pooled["demos"] == []  # its experts are not demos
+    labels = EpisodeStore.open(rollouts)
+    assert pooled["outcome_rollouts"] == [
+        i for i in range(len(labels)) if labels.episode_meta(i).policy != "expert"
+    ]
+    a = GRM.from_pretrained(base / "model").state_dict()
+    b = GRM.from_pretrained(tuned / "model").state_dict()
+    assert all(np.allclose(a[k], b[k], atol=1e-6) for k in a)  # started from the init weights
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "x"), "--init", str(tmp_path / "none")]) != 0
+    assert "is not a GRM checkpoint" in capsys.readouterr().err
+
+
 def test_training_never_reads_privileged_progress(stores, tmp_path):
     """Scrambling privileged progress must not change a single trained weight."""
     import shutil

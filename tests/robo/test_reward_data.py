@@ -4,6 +4,7 @@ import numpy as np
 
 from robo.cli import main
 from robo.reward.data import PairSampler
+from robo.store import EpisodeStore
 
 
 def test_recovery_demos_train_as_demonstrations_with_their_fall_back(tmp_path):
@@ -64,3 +65,36 @@ def test_outcome_labels_are_hop_intervals_from_both_anchors(tmp_path):
     logp = inside.log_softmax(-1)
     assert float(interval_nll(logp, bins, torch.tensor([0.9]), torch.tensor([2.0]))) < 1e-6
     assert float(interval_nll(logp, bins, torch.tensor([0.0]), torch.tensor([0.3]))) > 10
+
+
+def test_outcome_only_stores_pool_with_their_env_and_keep_their_label_scheme(tmp_path):
+    import pytest
+
+    from robo.errors import RoboError
+
+    def collect(out, policy, seed, env="tabletop/reach-v0"):
+        args = ["collect", "--env", env, "--episodes", "1", "--size", "24", "--views", "front"]
+        assert main([*args, "--policy", policy, "--seed", str(seed), "--out", out]) == 0
+
+    demos, mined, operator = (str(tmp_path / n) for n in ("demos", "mined", "operator"))
+    collect(demos, "expert", 0)
+    collect(mined, "half", 1)  # the env's own labels: partial is used -> three classes
+    collect(operator, "random-freeze", 2)  # success / failure only -> "not success"
+    assert EpisodeStore.open(mined).episode_meta(0).outcome == "partial"
+    assert EpisodeStore.open(operator).episode_meta(0).outcome == "failure"
+    sampler = PairSampler([demos], ("front",), seed=0, outcome_urls=[mined, operator])
+    assert [t.three_class for t in sampler.tasks] == [True, True, False]
+    # groups are drawn for the task with demonstrations only: no outcome group unless asked
+    sampler.cfg.p_outcome = 0.0
+    assert len(sampler.sample(12)["outcome_idx"]) == 0
+    # outcome groups draw from both stores of the env, each with its own intervals
+    sampler.cfg.p_outcome = 1.0
+    batch = sampler.sample(24)
+    forward_lo = batch["outcome_lo"].numpy()[1::2]
+    # partial: [0.3, 0.95); "not success": below 0.95
+    assert sorted({round(float(v), 3) for v in forward_lo}) == [-1.0, 0.3]
+    # an outcome-only store of an env without demonstrations is refused up front
+    other = str(tmp_path / "push")
+    collect(other, "random-freeze", 3, env="tabletop/push-v0")
+    with pytest.raises(RoboError, match="no store among the training data has demonstrations"):
+        PairSampler([demos], ("front",), seed=0, outcome_urls=[other])
