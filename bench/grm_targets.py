@@ -12,7 +12,14 @@
    evaluated on.
 4. Evaluate on the held-out sets of the training tasks (VOC, MAE, Pearson, regress
    tracking, outcome accuracy, false successes, EPIC, exploitation test).
-5. For each held-out task (never trained on): adapt from exactly one demo, evaluate.
+5. With ``--mine_starts N``: adversarial mining (``robo reward mine``). From N start states
+   per training task (seeds 200000.., apart from every evaluation seed) the exploitation
+   search looks for what the general model over-scores; the top sequences the environment
+   judges failed are recorded with the env's outcome label, and the model is fine-tuned
+   (``robo reward train --init --outcomes``) on its training data plus these. Both models
+   are calibrated and evaluated on the same held-out sets.
+6. For each held-out task (never trained on): adapt the final model from exactly one demo,
+   evaluate.
 
 ``label_mae`` is the floor the step-wise labels set on progress MAE: the labels' own MAE
 against privileged progress on the training demos (no model involved).
@@ -24,15 +31,19 @@ Writes ``<out>/grm_targets.json`` and prints a table. Every stage is cached in `
 
 Rendering dominates the data stage; on several cores, collect first with ``--data_only`` in
 parallel processes on disjoint ``--tasks`` lists (``--held_out ""`` in all but one), then run
-the full command.
+the full command. ``--jobs J`` runs mining and evaluation as J one-thread processes at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,6 +65,29 @@ HARD_POLICIES = ("near-miss", "random-freeze")
 
 def name(env_id: str) -> str:
     return env_id.replace("/", "_")
+
+
+def run_all(commands: list[tuple[str, list[str]]], jobs: int, logs: Path) -> None:
+    """Run ``robo`` commands: in this process one after another (``jobs`` 1), else as
+    ``jobs`` concurrent one-thread subprocesses, each logging to ``logs/<name>.log``."""
+    if jobs <= 1:
+        for label, args in commands:
+            if robo(args):
+                raise SystemExit(f"{label} failed")
+        return
+    logs.mkdir(parents=True, exist_ok=True)
+    exe = [sys.executable, "-c", "import sys; from robo.cli import main; sys.exit(main())"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def one(job: tuple[str, list[str]]) -> tuple[str, int]:
+        label, args = job
+        with open(logs / f"{label}.log", "w") as log:
+            return label, subprocess.run([*exe, *args], stdout=log, stderr=log, env=env).returncode
+
+    with ThreadPoolExecutor(jobs) as pool:
+        failed = [label for label, code in pool.map(one, commands) if code]
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)} (logs in {logs})")
 
 
 def collect(env_id: str, out: Path, episodes: int, policy: str, seed: int, size: int) -> None:
@@ -109,12 +143,8 @@ def build_data(env_id: str, root: Path, a) -> dict[str, Path]:
     return paths
 
 
-def evaluate(
-    model: Path, data: Path, reference: str, out: Path, a, calibrate=False, seen=True
-) -> dict:
-    if (out / "summary.json").exists() and not calibrate:
-        return json.loads((out / "summary.json").read_text())
-    args = [
+def eval_args(model: Path, data: Path, reference: str, out: Path, a, seen=True) -> list[str]:
+    return [
         "reward",
         "eval",
         "--model",
@@ -128,15 +158,63 @@ def evaluate(
         "--seen_in_training",
         str(seen).lower(),
         "--calibrate",
-        str(calibrate).lower(),
+        "false",
         "--exploit_sequences",
-        str(0 if calibrate else a.exploit_sequences),
+        str(a.exploit_sequences),
         "--exploit_starts",
         "1",
+        *(["--threads", "1"] if a.jobs > 1 else []),
     ]
-    if robo(args):
-        raise SystemExit(f"eval failed on {data}")
-    return json.loads((out / "summary.json").read_text())
+
+
+def evaluate_all(jobs: list[tuple[str, Path, Path, str, Path, bool]], a, logs: Path) -> dict:
+    """``(label, model, data, reference, out, seen)`` evaluations, cached by their
+    ``summary.json``; returns label -> summary."""
+    todo = [
+        (label, eval_args(m, d, ref, out, a, seen))
+        for label, m, d, ref, out, seen in jobs
+        if not (out / "summary.json").exists()
+    ]
+    run_all(todo, a.jobs, logs)
+    return {label: json.loads((out / "summary.json").read_text()) for label, *_, out, _ in jobs}
+
+
+def mine_all(model: Path, data: dict[str, dict[str, Path]], root: Path, a) -> list[str]:
+    """Adversarial rollouts of every training task into ``data/<task>-mined`` (a store is
+    complete once its ``mined.json`` summary exists); returns the stores holding any."""
+    todo = []
+    for t, d in data.items():
+        store = root / "data" / f"{name(t)}-mined"
+        if (store / "mined.json").exists():
+            continue
+        shutil.rmtree(store, ignore_errors=True)  # an interrupted run's partial store
+        todo.append(
+            (
+                f"mine-{name(t)}",
+                [
+                    "reward",
+                    "mine",
+                    "--model",
+                    f"grm:{model}",
+                    "--reference",
+                    f"{d['train']}:0",
+                    "--out",
+                    str(store),
+                    "--starts",
+                    str(a.mine_starts),
+                    "--sequences",
+                    str(a.mine_sequences),
+                    "--seed",
+                    "200000",
+                    "--summary",
+                    str(store / "mined.json"),
+                    *(["--threads", "1"] if a.jobs > 1 else []),
+                ],
+            )
+        )
+    run_all(todo, a.jobs, root / "logs")
+    stores = [root / "data" / f"{name(t)}-mined" for t in data]
+    return [str(p) for p in stores if len(EpisodeStore.open(str(p)))]
 
 
 def calibrate(model: Path, data: list[dict[str, Path]]) -> None:
@@ -188,8 +266,9 @@ def label_floor(store: Path) -> float:
     return float(np.mean(errors))
 
 
-def row(task: str, s: dict, seen: bool, label_mae: float | None = None) -> dict:
+def row(task: str, s: dict, seen: bool, label_mae: float | None = None, model="general") -> dict:
     return {
+        "model": model,
         "task": task,
         "seen": seen,
         "episodes": s.get("episodes"),
@@ -235,6 +314,16 @@ def main() -> None:
     ap.add_argument("--eval_rollouts", type=int, default=4)
     ap.add_argument("--exploit_sequences", type=int, default=64)
     ap.add_argument("--adapt_steps", type=int, default=300)
+    ap.add_argument(
+        "--mine_starts",
+        type=int,
+        default=0,
+        help="adversarial mining: start states searched per training task (0: no mining)",
+    )
+    ap.add_argument("--mine_sequences", type=int, default=64, help="action sequences per start")
+    ap.add_argument("--mine_steps", type=int, default=3000, help="fine-tuning steps on the mined")
+    ap.add_argument("--mine_lr", type=float, default=3e-4)
+    ap.add_argument("--jobs", type=int, default=1, help="concurrent mining/evaluation processes")
     ap.add_argument("--threads", type=int, default=0, help="torch threads of training (0: config)")
     ap.add_argument(
         "--data_only",
@@ -274,21 +363,62 @@ def main() -> None:
         if code:
             raise SystemExit("training failed")
     if not (model / "thresholds.json").exists():
-        calibrate(model, list(data.values()))
-    rows = []
-    for t, d in data.items():
-        s = evaluate(model, d["eval"], f"{d['train']}:0", root / "eval" / name(t), a)
-        rows.append(row(t, s, True, label_floor(d["train"])))
-    for t in [h for h in a.held_out.split(",") if h]:
+        calibrate(model, list(data.values()))  # before mining: its reports use delta
+    models = [("general", model)]
+    if a.mine_starts:
+        mined = mine_all(model, data, root, a)
+        tuned = root / "general-mined" / "model"
+        if not tuned.exists():
+            train_args = [
+                "reward",
+                "train",
+                "--data",
+                ",".join(str(d["train"]) for d in data.values()),
+                "--outcomes",
+                ",".join(mined),
+                "--init",
+                str(model),
+                "--config",
+                a.config,
+                "--out",
+                str(root / "general-mined"),
+                "--steps",
+                str(a.mine_steps),
+                "--lr",
+                str(a.mine_lr),
+                *(["--threads", str(a.threads)] if a.threads else []),
+            ]
+            if robo(train_args):
+                raise SystemExit("fine-tuning on the mined rollouts failed")
+        models.append(("general+mined", tuned))
+    for _, m in models:
+        if not (m / "thresholds.json").exists():
+            calibrate(m, list(data.values()))
+    suffix = {"general": "", "general+mined": "-mined"}
+    jobs = [
+        (
+            f"eval{suffix[k]}-{name(t)}",
+            m,
+            d["eval"],
+            f"{d['train']}:0",
+            root / f"eval{suffix[k]}" / name(t),
+            True,
+        )
+        for k, m in models
+        for t, d in data.items()
+    ]
+    final_key, final = models[-1]
+    held_out = [h for h in a.held_out.split(",") if h]
+    for t in held_out:
         paths = build_data(t, root, one_shot_args(a))
-        adapted = root / "adapted" / name(t)
+        adapted = root / f"adapted{suffix[final_key]}" / name(t)
         if not adapted.exists():
             robo(
                 [
                     "reward",
                     "adapt",
                     "--model",
-                    str(model),
+                    str(final),
                     "--demo",
                     f"{paths['train']}:0",
                     "--out",
@@ -297,24 +427,47 @@ def main() -> None:
                     str(a.adapt_steps),
                 ]
             )
-            (adapted / "thresholds.json").write_text((model / "thresholds.json").read_text())
-        s = evaluate(
-            adapted,
-            paths["eval"],
-            f"{paths['train']}:0",
-            root / "eval-adapted" / name(t),
-            a,
-            seen=False,
+            (adapted / "thresholds.json").write_text((final / "thresholds.json").read_text())
+        jobs.append(
+            (
+                f"eval-adapted{suffix[final_key]}-{name(t)}",
+                adapted,
+                paths["eval"],
+                f"{paths['train']}:0",
+                root / f"eval-adapted{suffix[final_key]}" / name(t),
+                False,
+            )
         )
-        rows.append(row(f"{t} (one-shot)", s, False))
+    summaries = evaluate_all(jobs, a, root / "logs")
+    rows = []
+    for k, _ in models:
+        rows += [
+            row(t, summaries[f"eval{suffix[k]}-{name(t)}"], True, label_floor(d["train"]), k)
+            for t, d in data.items()
+        ]
+    rows += [
+        row(
+            f"{t} (one-shot)",
+            summaries[f"eval-adapted{suffix[final_key]}-{name(t)}"],
+            False,
+            None,
+            final_key,
+        )
+        for t in held_out
+    ]
     n = len(EpisodeStore.open(str(next(iter(data.values()))["eval"])))
     print(f"\n{len(tasks)} training tasks, {n} eval episodes each; {time.time() - t0:.0f} s")
-    rows.append(mean_row([r for r in rows if r["seen"]], "mean over training tasks"))
-    rows.append(mean_row([r for r in rows if r["seen"] is False], "mean over one-shot tasks"))
+    for k, _ in models:
+        seen = [r for r in rows if r["seen"] and r["model"] == k]
+        rows.append(mean_row(seen, "mean over training tasks", k))
+    rows.append(
+        mean_row([r for r in rows if r["seen"] is False], "mean over one-shot tasks", final_key)
+    )
     report(
         "grm_targets",
         rows,
         [
+            "model",
             "task",
             "seen",
             "episodes",
@@ -346,7 +499,7 @@ def one_shot_args(a: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(a), **one_shot})
 
 
-def mean_row(rows: list[dict], label: str) -> dict:
+def mean_row(rows: list[dict], label: str, model: str) -> dict:
     import numpy as np
 
     keys = (
@@ -361,7 +514,12 @@ def mean_row(rows: list[dict], label: str) -> dict:
         "exploit",
         "label_mae",
     )
-    out = {"task": label, "seen": None, "episodes": sum(r["episodes"] or 0 for r in rows)}
+    out = {
+        "model": model,
+        "task": label,
+        "seen": None,
+        "episodes": sum(r["episodes"] or 0 for r in rows),
+    }
     for k in keys:
         vals = [r[k] for r in rows if isinstance(r.get(k), (int, float)) and r[k] == r[k]]
         out[k] = float(np.mean(vals)) if vals else None

@@ -51,6 +51,8 @@ class MineConfig:
     delta: float = -1.0
     # torch threads (0: leave torch's default).
     threads: int = 0
+    # JSON file the summary is written to (default: none).
+    summary: str = ""
 
     def __post_init__(self) -> None:
         if not self.model or not self.reference or not self.out:
@@ -154,6 +156,14 @@ def mine_adversarial(
     }
 
 
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
 def mine(cfg: MineConfig) -> dict:
     """`robo reward mine`: load the model and reference, search, record; returns a summary."""
     from robo.reward.registry import load_progress_model
@@ -184,6 +194,11 @@ def mine(cfg: MineConfig) -> dict:
         delta=_delta(cfg),
         reference_views=ref_store.views,
     )
+    if cfg.summary:
+        import json
+
+        Path(cfg.summary).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.summary).write_text(json.dumps(summary, indent=1, default=_json_default))
     recorded = summary["recorded"]
     print(
         f"{cfg.out}: {sum(recorded.values())} adversarial rollouts recorded {recorded}; "
