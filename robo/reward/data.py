@@ -194,8 +194,8 @@ class PairSampler:
         three_class = True
         if not demos_required:  # outcome-only stores: only episodes with an outcome label
             demos = []  # (an expert episode there is not a demonstration to learn from)
-            labels = {m.index: m.outcome for m in metas if m.index in set(rollouts)}
-            three_class = "partial" in labels.values()
+            labels = {m.index: m.outcome for m in metas}
+            three_class = any(labels[i] == "partial" for i in rollouts)
             rollouts = [i for i in rollouts if labels[i] in ("success", "partial", "failure")]
         if not demos and demos_required:
             raise RoboError(f"{url} has no successful expert demonstrations to train on")
