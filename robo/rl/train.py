@@ -77,6 +77,10 @@ class RLConfig:
     # normalise observations by the demonstrations' per-dimension mean and std (fixed; a
     # layer of the policy and critics, saved with them). Needs --demos; off without them.
     obs_norm: bool = True
+    # with --obs_norm: also read how the scenes vary from this many seeded resets of the env
+    # (0: the demonstrations alone). Few demos show the object at few positions; normalised
+    # by them alone, other scenes' positions are far outliers, clipped to one value.
+    obs_norm_scenes: int = 64
     # what of the observation the policy and critics see (a selection inside the normaliser):
     # invariant: the part a shift of the whole scene leaves unchanged (heights, gripper,
     # orientations, relative positions; the env declares it) | all | auto (invariant where the
@@ -203,6 +207,10 @@ class RLConfig:
         if self.action_chunk > 1 and self.n_step > 1:
             raise RoboError(
                 "--action_chunk already backs up values over k steps: drop --n_step (use 1)"
+            )
+        if self.obs_norm_scenes < 0:
+            raise RoboError(
+                f"--obs_norm_scenes {self.obs_norm_scenes} must be 0 (demonstrations only) or more"
             )
         if self.n_step < 1:
             raise RoboError(f"--n_step {self.n_step} must be at least 1 (1: one-step TD targets)")
@@ -442,12 +450,20 @@ def build(cfg: RLConfig, demos: tuple | None = None):
     venv.seed(cfg.seed)
     policy_kwargs = {}
     if cfg.demos:
-        from robo.rl.warmstart import check_demo_states, load_demos, obs_norm_kwargs
+        from robo.rl.warmstart import (
+            check_demo_states,
+            load_demos,
+            obs_norm_kwargs,
+            scene_states,
+        )
 
         episodes = (demos or load_demos(cfg.demos, model))[0]
         check_demo_states(episodes, venv.observation_space, cfg.demos, cfg.env)
         if cfg.obs_norm:
-            policy_kwargs = obs_norm_kwargs(episodes, policy_obs_indices(cfg))
+            scenes = None
+            if cfg.obs_norm_scenes:
+                scenes = scene_states(make_env_fn(cfg, _NoModel(), 0), cfg.obs_norm_scenes)
+            policy_kwargs = obs_norm_kwargs(episodes, policy_obs_indices(cfg), scenes)
     common = dict(
         seed=cfg.seed, verbose=0, tensorboard_log=str(cfg.out_dir / "tb"), gamma=shaping.gamma
     )

@@ -74,12 +74,21 @@ class ObsNormalizer(BaseFeaturesExtractor):
         return x.clamp(-self.clip, self.clip)[:, self.keep]
 
 
-def observation_stats(states: np.ndarray, floor: float = 0.1) -> tuple[list, list]:
+def observation_stats(
+    states: np.ndarray, floor: float = 0.1, scenes: np.ndarray | None = None
+) -> tuple[list, list]:
     """Per-dimension mean and std of demonstration states (``(N, D)``) for ``ObsNormalizer``.
 
-    A dimension that barely varies in the demonstrations (a padding slot, an orientation
-    the expert never changes) gets a std of at least ``floor`` times the median std of the
-    varying dimensions, so that the policy's own deviations there are not blown up.
+    ``scenes``: observations at the start of many episodes (``(K, D)``, e.g. ``scene_states``'
+    resets). A few demonstrations show the object and goal positions of only a few scenes
+    (one demo: a single position, a std of zero), so the policy would see every other
+    scene's positions as far outliers, clipped to the same value: it could not tell where the
+    object is. Each dimension whose spread over the scenes exceeds its spread over the
+    demonstrations takes the scenes' mean and std instead.
+
+    A dimension that still barely varies (a padding slot, an orientation the expert never
+    changes) gets a std of at least ``floor`` times the median std of the varying
+    dimensions, so that the policy's own deviations there are not blown up.
     """
     states = np.asarray(states, np.float64).reshape(len(states), -1)
     if len(states) < 2 or not np.all(np.isfinite(states)):
@@ -87,15 +96,38 @@ def observation_stats(states: np.ndarray, floor: float = 0.1) -> tuple[list, lis
             "observation statistics need at least 2 finite demonstration states: check --demos"
         )
     mean, std = states.mean(0), states.std(0)
+    if scenes is not None:
+        scenes = np.asarray(scenes, np.float64).reshape(len(scenes), -1)
+        if scenes.shape[1] != states.shape[1] or not np.all(np.isfinite(scenes)):
+            raise RoboError(
+                f"scene observations of {scenes.shape[1]} values do not fit the demonstrations' "
+                f"{states.shape[1]} (or are not finite)"
+            )
+        wider = scenes.std(0) > std
+        mean = np.where(wider, scenes.mean(0), mean)
+        std = np.where(wider, scenes.std(0), std)
     varying = std[std > 1e-8]
     std = np.maximum(std, floor * float(np.median(varying)) if varying.size else 1.0)
     return mean.tolist(), std.tolist()
 
 
-def obs_norm_kwargs(demos: list, keep=None) -> dict:
-    """``policy_kwargs`` that put an ``ObsNormalizer`` fitted to ``demos`` in front of every
-    network (``keep``: the observation indices the networks see; ``None``: all)."""
-    mean, std = observation_stats(np.concatenate([ep.states for ep in demos]))
+def scene_states(make_env, n: int = 64, seed: int = 10_000_000) -> np.ndarray:
+    """Flat first observations of ``n`` seeded resets of ``make_env()`` (seeds from ``seed``,
+    far from training and evaluation seeds): how the scenes vary, for ``observation_stats``."""
+    env = make_env()
+    try:
+        return np.stack(
+            [np.asarray(env.reset(seed=seed + k)[0], np.float64).reshape(-1) for k in range(n)]
+        )
+    finally:
+        env.close()
+
+
+def obs_norm_kwargs(demos: list, keep=None, scenes: np.ndarray | None = None) -> dict:
+    """``policy_kwargs`` that put an ``ObsNormalizer`` fitted to ``demos`` (and ``scenes``, see
+    ``observation_stats``) in front of every network (``keep``: the observation indices the
+    networks see; ``None``: all)."""
+    mean, std = observation_stats(np.concatenate([ep.states for ep in demos]), scenes=scenes)
     kwargs = {"mean": mean, "std": std}
     if keep is not None:
         kwargs["keep"] = list(keep)  # ObsNormalizer checks and converts them

@@ -132,6 +132,13 @@ def test_rl_train_with_action_chunks(tmp_path):
     assert [e["step"] for e in summary["evaluations"]] == [0, 20, 40]
     # decisions of 3 steps: a 30-step episode is at most 10 of them
     assert all(e["mean_length"] <= 10 for e in summary["evaluations"])
+    # the normaliser reads how the scenes vary from the env's resets, not only the demos
+    import sim
+    from robo.rl.warmstart import scene_states
+
+    scenes = scene_states(lambda: sim.make("tabletop/reach-v0"), 64)
+    std = policy.policy.actor.features_extractor.std.numpy()
+    assert np.all(std >= scenes.std(0) - 1e-6)
 
 
 @pytest.mark.parametrize(
@@ -139,6 +146,7 @@ def test_rl_train_with_action_chunks(tmp_path):
     [
         (["--action_chunk", "0"], "--action_chunk 0 must be at least 1"),
         (["--action_chunk", "4", "--n_step", "3"], "--action_chunk already backs up"),
+        (["--obs_norm_scenes", "-1"], "--obs_norm_scenes -1 must be 0"),
     ],
 )
 def test_bad_chunk_settings(args, message, capsys, tmp_path):

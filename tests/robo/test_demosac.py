@@ -349,6 +349,40 @@ def test_observation_stats_floor_constant_dimensions_and_reject_bad_states():
         observation_stats(np.zeros((1, 2)))
 
 
+def test_observation_stats_take_the_scenes_spread_where_the_demos_show_one_scene():
+    from robo.errors import RoboError
+    from robo.rl.warmstart import observation_stats, scene_states
+
+    rng = np.random.default_rng(0)
+    # one demonstration: the hand moves (dim 0), the object sits still at 0.3 (dim 1)
+    demo = np.stack([np.linspace(0, 1, 50), np.full(50, 0.3)], 1)
+    scenes = np.stack([np.zeros(200), rng.uniform(-0.5, 0.5, 200)], 1)
+    mean, std = observation_stats(demo)
+    # alone, the demo puts the object's std at the floor: other scenes land many stds away
+    assert abs(-0.4 - mean[1]) / std[1] > 5
+    mean, std = observation_stats(demo, scenes=scenes)
+    # the hand keeps the demo's statistics, the object takes the scenes'
+    assert mean[0] == pytest.approx(0.5) and std[0] == pytest.approx(np.linspace(0, 1, 50).std())
+    assert mean[1] == pytest.approx(scenes[:, 1].mean()) and std[1] == pytest.approx(
+        scenes[:, 1].std()
+    )
+    assert np.all(np.abs((scenes - mean) / std) < 2)  # every scene inside the clip
+    with pytest.raises(RoboError, match="do not fit"):
+        observation_stats(demo, scenes=np.zeros((4, 3)))
+
+    class Resets(gym.Env):
+        observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+        action_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+
+        def reset(self, seed=None, options=None):
+            super().reset(seed=seed)
+            return self.np_random.uniform(-1, 1, 2).astype(np.float32), {}
+
+    got = scene_states(Resets, n=8, seed=5)
+    assert got.shape == (8, 2) and np.allclose(got, scene_states(Resets, n=8, seed=5))
+    assert len(np.unique(got[:, 0])) == 8  # a new scene every reset
+
+
 class MilliLine(Line):
     """``Line`` observed in millimetres' worth of metres: the state is 0.003 x."""
 
