@@ -248,8 +248,12 @@ class GRM(nn.Module):
         directory = Path(directory)
         cfg_path, w_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         if not cfg_path.is_file() or not w_path.is_file():
+            hint = ""
+            if (directory / "model" / CONFIG_FILE).is_file():  # a training run's folder
+                hint = f" (this is a training run: its model is {directory / 'model'})"
             raise ModelInputError(
-                f"{directory} is not a GRM checkpoint: it needs {CONFIG_FILE} and {WEIGHTS_FILE}"
+                f"{directory} is not a GRM checkpoint: it needs {CONFIG_FILE} and "
+                f"{WEIGHTS_FILE}{hint}"
             )
         try:
             meta = json.loads(cfg_path.read_text())

@@ -129,6 +129,10 @@ def test_train_from_init_with_outcome_stores(stores, tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "x"), "--init", str(tmp_path / "none")]) != 0
     assert "is not a GRM checkpoint" in capsys.readouterr().err
+    # a training run's folder in place of its model: the error names the model inside
+    assert main([*args, "--out", str(tmp_path / "y"), "--init", str(base)]) != 0
+    err = capsys.readouterr().err
+    assert f"its model is {base / 'model'}" in err and "\n" not in err.strip()
 
 
 def test_training_never_reads_privileged_progress(stores, tmp_path):
