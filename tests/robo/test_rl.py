@@ -102,14 +102,19 @@ def test_sac_pbrs_with_warm_start(demos_and_model, tmp_path):
 
     policy = DemoSAC.load(out / "final_policy")
     assert tuple(policy.q_bounds) == (-1.0, 2.0) and len(policy.critic.q_networks) == 3
-    # observations are normalised by the demonstrations' statistics, in actor and critics
+    # observations are normalised by the demonstrations' statistics, widened by the scenes'
+    # spread, in actor and critics
     states = np.concatenate([ep.states for ep in load_demos(demos, None)[0]])
     import sim
+    from robo.rl.warmstart import observation_stats, scene_states
 
+    scenes = scene_states(lambda: sim.make("tabletop/reach-v0"), 64)
+    mean, std = observation_stats(states, scenes=scenes)
     keep = list(sim.invariant_obs("tabletop/reach-v0"))
     for net in (policy.actor, policy.critic, policy.bc_actor):
         assert isinstance(net.features_extractor, ObsNormalizer)
-        np.testing.assert_allclose(net.features_extractor.mean.numpy(), states.mean(0), atol=1e-5)
+        np.testing.assert_allclose(net.features_extractor.mean.numpy(), mean, atol=1e-5)
+        np.testing.assert_allclose(net.features_extractor.std.numpy(), std, rtol=1e-5)
         # --policy_obs auto: the networks see only the env's invariant part
         assert net.features_extractor.keep.tolist() == keep
         assert net.features_extractor.features_dim == len(keep)
