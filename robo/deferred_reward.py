@@ -97,6 +97,8 @@ class _Worker:
         trunc = np.array([bool(i["TimeLimit.truncated"]) for i in infos])
         term = np.array(dones) & ~trunc
         reward, _, terms = self.shaper.step(frames, np.array(rews), infos, term, trunc)
+        for k in terminal:  # start, end and the key frames of the episode that ended
+            terminal[k] = (*terminal[k], self.shaper.key_frames(k))
         ended = sorted(first)
         self.last_frames = frames.copy()
         if ended:
@@ -260,7 +262,9 @@ class DeferredRewardVecEnv(VecEnv):
         for k, info in enumerate(infos):
             info["reward_terms"] = terms[k]
             if k in terminal:
-                info["episode_first_frames"], info["terminal_frames"] = terminal[k]
+                first, end, key = terminal[k]
+                info["episode_first_frames"], info["terminal_frames"] = first, end
+                info["episode_key_frames"] = key
         self.last_rewards = reward
         if self.reward_sink is not None:
             self.reward_sink(infos[0][SEQ_KEY], reward)

@@ -140,11 +140,17 @@ class _Shaper:
         self.model, self.cfg, self.contexts = model, cfg, list(contexts)
         self.phi = np.zeros(len(self.contexts))
         self.first: dict[int, np.ndarray] = {}  # each env's episode-start frames
+        # Each episode's key frames, for refinement: where the potential peaked (the state a
+        # false success fired on) and where the env first reported success.
+        self.peak: dict[int, tuple[float, np.ndarray]] = {}
+        self.success_frames: dict[int, np.ndarray] = {}
 
     def reset(self, indices: Sequence[int], frames: np.ndarray, infos=None) -> None:
         """New episodes in ``indices``, starting on ``frames``."""
         for j, i in enumerate(indices):
             self.first[i] = np.array(frames[j])  # a copy: callers reuse their frame buffers
+            self.peak.pop(i, None)
+            self.success_frames.pop(i, None)
         if getattr(self.model, "reads_info", False):  # privileged potential (evaluation only)
             self.phi[list(indices)] = [float(i["privileged_progress"]) for i in infos]
             return
@@ -195,7 +201,26 @@ class _Shaper:
                 }
             )
         self.phi = phi_next
+        self._track_key_frames(frames, phi_next, env_success)
         return reward.astype(np.float32), model_success, terms
+
+    def _track_key_frames(self, frames, phi_next, env_success) -> None:
+        for k in range(len(frames)):
+            if k not in self.peak or phi_next[k] > self.peak[k][0]:
+                self.peak[k] = (float(phi_next[k]), np.array(frames[k]))
+            if env_success[k] and k not in self.success_frames:
+                self.success_frames[k] = np.array(frames[k])
+
+    def key_frames(self, k: int) -> dict:
+        """Env ``k``'s episode so far: its first frames, the frames (and value) of its peak
+        potential and the frames of its first env success (None if none)."""
+        peak_phi, peak = self.peak.get(k, (float("nan"), None))
+        return {
+            "first": self.first.get(k),
+            "peak": peak,
+            "peak_potential": peak_phi,
+            "success": self.success_frames.get(k),
+        }
 
 
 class RewardVecEnvWrapper(VecEnvWrapper):
@@ -247,6 +272,7 @@ class RewardVecEnvWrapper(VecEnvWrapper):
             if dones[k]:  # for refinement: the frames the episode started and ended on
                 info["terminal_frames"] = frames[k]
                 info["episode_first_frames"] = self.shaper.first.get(k)
+                info["episode_key_frames"] = self.shaper.key_frames(k)
         self.last_frames = frames.copy()
         if len(ended):
             first = np.stack([self.venv.reset_infos[k]["frames"] for k in ended])
@@ -283,6 +309,8 @@ class ShapedRewardWrapper(gym.Wrapper):
             np.array([trunc]),
         )
         info["reward_terms"], info["original_env_rew"] = terms[0], float(env_reward)
+        if term or trunc:
+            info["episode_key_frames"] = self.shaper.key_frames(0)
         return obs, float(reward[0]), term, trunc, info
 
 

@@ -2,16 +2,30 @@
 
 During training every finished episode is checked: the model's success detection fired
 but the environment (or, on a robot, the operator) says it failed, or the other way
-round. Those episodes' first and final frames join the reward model's data as
-outcome-labelled rollouts (an episode store beside the run), the model is adapted on them
-together with the demonstrations (outcome loss + hop pairs, anchored to its current
-weights), and training continues with the refined model. The false-success rate of each
-window is reported before and after every refinement.
+round. Those episodes join the reward model's data as outcome-labelled rollouts (an
+episode store beside the run), the model is adapted on them together with the
+demonstrations (outcome loss + hop pairs, anchored to its current weights), and training
+continues with the refined model. The false-success rate of each window is reported
+before and after every refinement.
+
+Each added episode is its first frames and the frames the label is about: for a false
+success the state where the potential peaked (the one the detection fired on), for a
+missed success the state where the env first reported success. Every frame of a failed
+episode is a failure state, and a success frame is one, whatever the episode did after.
+
+Balance: contradicting episodes of one kind only would move the decision boundary
+wholesale: adapting on missed successes alone makes the model call near misses
+successes. So each refinement adds as many agreeing episodes of the other outcome:
+the failures the model rated highest without firing (hard negatives) against missed
+successes, and recent successes it detected against false successes.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +52,8 @@ class RefineCallback(BaseCallback):
         anchor: float = 1e-2,
         env_id: str = "",
         on_refined=None,
+        balance: bool = True,
+        pool_size: int = 32,
     ):
         super().__init__()
         self.on_refined = on_refined  # called after every adaptation (e.g. to re-score demos)
@@ -48,6 +64,12 @@ class RefineCallback(BaseCallback):
         self._ep: dict[int, dict] = {}
         self.window = {"episodes": 0, "env_failures": 0, "false_successes": 0}
         self.pending: list[tuple[np.ndarray, bool]] = []
+        # agreeing episodes kept for balance: failures by their peak potential (a min-heap
+        # of the highest), detected successes most recent first
+        self.balance = balance
+        self._hard_failures: list[tuple[float, int, np.ndarray]] = []
+        self._successes: deque[np.ndarray] = deque(maxlen=pool_size)
+        self._pool_size, self._tie = pool_size, itertools.count()
         self.history: list[dict] = []
         self._store: EpisodeStore | None = None
 
@@ -73,9 +95,52 @@ class RefineCallback(BaseCallback):
         if not ep["env"]:
             self.window["env_failures"] += 1
             self.window["false_successes"] += int(ep["model"])
-        if ep["model"] != ep["env"] and "terminal_frames" in info:
-            frames = [info.get("episode_first_frames"), info["terminal_frames"]]
-            self.pending.append((np.stack([f for f in frames if f is not None]), ep["env"]))
+        frames, peak = self._labelled_frames(info, ep["env"])
+        if frames is None:
+            return
+        if ep["model"] != ep["env"]:
+            self.pending.append((frames, ep["env"]))
+        elif not self.balance:
+            return
+        elif ep["env"]:
+            self._successes.appendleft(frames)
+        else:
+            item = (peak, next(self._tie), frames)
+            if len(self._hard_failures) < self._pool_size:
+                heapq.heappush(self._hard_failures, item)
+            elif peak > self._hard_failures[0][0]:
+                heapq.heapreplace(self._hard_failures, item)
+
+    @staticmethod
+    def _labelled_frames(info: dict, success: bool) -> tuple[np.ndarray | None, float]:
+        """``(first, labelled)`` frames of an ended episode (see the module docstring) and
+        its peak potential; falls back to the final frames where key frames are missing."""
+        key = info.get("episode_key_frames") or {}
+        first = key.get("first", info.get("episode_first_frames"))
+        labelled = key.get("success") if success else key.get("peak")
+        if labelled is None:
+            labelled = info.get("terminal_frames")
+        if labelled is None:
+            return None, float("nan")
+        frames = [f for f in (first, labelled) if f is not None]
+        return np.stack(frames), float(key.get("peak_potential", float("nan")))
+
+    def _balance_pending(self) -> int:
+        """Add agreeing episodes of the minority outcome to ``pending``; returns how many."""
+        successes = sum(ok for _, ok in self.pending)
+        short = successes - (len(self.pending) - successes)
+        added = []
+        while short > 0 and self._hard_failures:  # the highest-rated failures first
+            best = max(self._hard_failures, key=lambda t: t[0])
+            self._hard_failures.remove(best)
+            added.append((best[2], False))
+            short -= 1
+        heapq.heapify(self._hard_failures)
+        while short < 0 and self._successes:
+            added.append((self._successes.popleft(), True))
+            short += 1
+        self.pending += added
+        return len(added)
 
     def _window_record(self) -> dict:
         """The current window's figures: its false-success rate and the counts behind it."""
@@ -102,6 +167,8 @@ class RefineCallback(BaseCallback):
             record["refined"] = False
             self.history.append(record)
             return record
+        record["added_for_balance"] = self._balance_pending() if self.balance else 0
+        record["added_successes"] = sum(ok for _, ok in self.pending)
         self._write_pending()
         record["terms"] = self._adapt()
         record["refined"] = True

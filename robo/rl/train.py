@@ -170,6 +170,9 @@ class RLConfig:
     refine_every: int = 2000
     refine_min_episodes: int = 2
     refine_steps: int = 150
+    # each refinement also adds agreeing episodes of the minority outcome (hard negatives
+    # against missed successes, detected successes against false ones); false = off.
+    refine_balance: bool = True
 
     def __post_init__(self) -> None:
         self.algo = Algo(self.algo)
@@ -555,6 +558,7 @@ def train(cfg: RLConfig, progress_bar: bool = True) -> dict:
             every=cfg.refine_every,
             min_episodes=cfg.refine_min_episodes,
             adapt_steps=cfg.refine_steps,
+            balance=cfg.refine_balance,
             env_id=cfg.env,
             on_refined=lambda: refresh_demo_rewards(cfg, algo, model, ctx),
         )

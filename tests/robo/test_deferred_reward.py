@@ -69,10 +69,20 @@ def test_deferred_rewards_equal_the_synchronous_ones_across_episode_ends():
     venv.flush()
     venv.close()
     assert [s for s, _ in delivered] == list(range(1, 17))
-    ends = 0
+    ends, peaks = 0, [-np.inf, -np.inf]
     for (obs_s, rew_s, dones_s, infos_s), (obs_d, dones_d, infos_d), (_, rew_d) in zip(
         sync, steps, delivered, strict=True
     ):
+        for k, i_s in enumerate(infos_s):  # each episode's key frames: its peak potential
+            peaks[k] = max(peaks[k], i_s["reward_terms"]["next_potential"])
+            if dones_s[k]:
+                key_s, key_d = i_s["episode_key_frames"], infos_d[k]["episode_key_frames"]
+                assert key_s["peak_potential"] == pytest.approx(peaks[k], abs=1e-6)
+                assert key_d["peak_potential"] == pytest.approx(peaks[k], abs=1e-5)
+                np.testing.assert_array_equal(key_d["peak"], key_s["peak"])
+                np.testing.assert_array_equal(key_d["first"], i_s["episode_first_frames"])
+                assert key_s["success"] is None and key_d["success"] is None  # random actions
+                peaks[k] = -np.inf
         np.testing.assert_allclose(obs_d, obs_s, atol=1e-6)
         np.testing.assert_array_equal(dones_d, dones_s)
         np.testing.assert_allclose(rew_d, rew_s, atol=1e-5)

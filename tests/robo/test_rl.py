@@ -424,3 +424,64 @@ def test_flip_dims_cover_every_step_of_a_chunk():
     cfg.flip_dim = 4
     with pytest.raises(RoboError, match="--flip_dim 4: the env's actions have 4 dimensions"):
         flip_dims(cfg, space)
+
+
+def _ended(model_success: bool, env_success: bool, peak: float, tag: int) -> dict:
+    """The info of an episode's last step, with key frames marked by ``tag``."""
+    frame = lambda v: np.full((1, 4, 4, 3), v, np.uint8)  # noqa: E731
+    return {
+        "success": env_success,
+        "reward_terms": {"model_success": model_success},
+        "terminal_frames": frame(250),
+        "episode_key_frames": {
+            "first": frame(0),
+            "peak": frame(tag),
+            "peak_potential": peak,
+            "success": frame(100 + tag) if env_success else None,
+        },
+    }
+
+
+def test_refinement_labels_the_frames_the_outcome_is_about_and_balances_the_outcomes(tmp_path):
+    """A false success adds the frame its detection fired on (the peak), a missed success
+    the frame the env first succeeded on; agreeing episodes of the minority outcome (the
+    highest-rated failures, recent detected successes) are added to balance them."""
+    from robo.rl.refine import RefineCallback
+
+    cb = RefineCallback(None, None, "", tmp_path, pool_size=2)
+    episodes = [
+        _ended(False, False, 0.5, 1),  # agreeing failures: hard negatives by peak
+        _ended(False, False, 0.9, 2),
+        _ended(False, False, 0.7, 3),
+        _ended(True, True, 1.0, 4),  # agreeing success
+        _ended(False, True, 0.8, 5),  # missed successes
+        _ended(False, True, 0.6, 6),
+        _ended(True, False, 0.97, 7),  # a false success
+    ]
+    for info in episodes:
+        cb._track([info], [True])
+    assert [(int(f[1].flat[0]), ok) for f, ok in cb.pending] == [
+        (105, True),
+        (106, True),
+        (7, False),
+    ]
+    assert all(int(f[0].flat[0]) == 0 for f, _ in cb.pending)  # the episode's first frames
+    assert cb._balance_pending() == 1
+    assert (int(cb.pending[-1][0][1].flat[0]), cb.pending[-1][1]) == (2, False)  # peak 0.9
+    assert [p for p, *_ in sorted(cb._hard_failures)] == [0.7]  # 0.5 fell out of the pool
+
+    cb.pending = [cb.pending[-2]]  # one false success: a detected success balances it
+    assert cb._balance_pending() == 1 and cb.pending[-1][1] and not cb._successes
+    assert cb._balance_pending() == 0  # balanced now
+
+    off = RefineCallback(None, None, "", tmp_path, balance=False)
+    for info in episodes:
+        off._track([info], [True])
+    assert off._balance_pending() == 0 and not off._hard_failures and len(off.pending) == 3
+
+    legacy = RefineCallback(None, None, "", tmp_path)  # no key frames: the final frames
+    info = _ended(True, False, 1.0, 7)
+    del info["episode_key_frames"]
+    info["episode_first_frames"] = np.zeros((1, 4, 4, 3), np.uint8)
+    legacy._track([info], [True])
+    assert int(legacy.pending[0][0][1].flat[0]) == 250
