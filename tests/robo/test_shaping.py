@@ -160,6 +160,24 @@ def test_modes_and_single_env_wrapper():
             ShapingConfig(gamma=gamma)
 
 
+def test_single_env_wrapper_reports_the_episodes_key_frames_at_its_end():
+    """For refinement: the first frames, the frames where the potential peaked (with its
+    value) and, where the env succeeded, the frames of its first success."""
+    env = ShapedRewardWrapper(env_fn()(), tiny_model(), ShapingConfig(), TaskContext())
+    _, info = env.reset(seed=2)
+    rng, peak, done = np.random.default_rng(0), -np.inf, False
+    while not done:
+        _, _, term, trunc, info = env.step(rng.uniform(-1, 1, 4).astype(np.float32))
+        peak, done = max(peak, info["reward_terms"]["next_potential"]), term or trunc
+        assert done or "episode_key_frames" not in info
+    key = info["episode_key_frames"]
+    assert key["peak_potential"] == pytest.approx(peak)
+    assert key["peak"].shape == key["first"].shape == (len(TINY["views"]), 32, 32, 3)
+    assert key["success"] is None and not info.get("success")
+    env.reset(seed=3)
+    assert env.shaper.key_frames(0)["peak"] is None  # a new episode starts clean
+
+
 def test_privileged_potential_reads_the_simulators_progress():
     """The evaluation-only potential: Phi is info['privileged_progress'], nothing rendered."""
     import sim
