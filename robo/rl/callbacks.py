@@ -67,6 +67,7 @@ class SuccessEvalCallback(BaseCallback):
             "episodes": 0,
             "env_failures": 0,
             "false_successes": 0,
+            "missed_successes": 0,  # env successes the model's detection never fired on
             "abs_err_sum": 0.0,
             "frames": 0,
         }
@@ -113,13 +114,22 @@ class SuccessEvalCallback(BaseCallback):
                 if not ep["env"]:
                     self.watch["env_failures"] += 1
                     self.watch["false_successes"] += int(ep["model"])
+                else:
+                    self.watch["missed_successes"] += int(not ep["model"])
                 self._ep[k] = {"model": False, "env": False}
 
     def watch_summary(self) -> dict:
         w = self.watch
         fsr = w["false_successes"] / w["env_failures"] if w["env_failures"] else float("nan")
+        successes = w["episodes"] - w["env_failures"]
+        msr = w["missed_successes"] / successes if successes else float("nan")
         mae = w["abs_err_sum"] / w["frames"] if w["frames"] else float("nan")
-        return {"false_success_rate": fsr, "progress_mae": mae, "watched_episodes": w["episodes"]}
+        return {
+            "false_success_rate": fsr,
+            "missed_success_rate": msr,
+            "progress_mae": mae,
+            "watched_episodes": w["episodes"],
+        }
 
     def _on_training_end(self) -> None:
         for infos, dones in completed_steps(self, final=True):

@@ -62,7 +62,7 @@ class RefineCallback(BaseCallback):
         self.adapt_steps, self.anchor, self.env_id = adapt_steps, anchor, env_id
         self._next = every
         self._ep: dict[int, dict] = {}
-        self.window = {"episodes": 0, "env_failures": 0, "false_successes": 0}
+        self.window = self._empty_window()
         self.pending: list[tuple[np.ndarray, bool]] = []
         # agreeing episodes kept for balance: failures by their peak potential (a min-heap
         # of the highest), detected successes most recent first
@@ -72,6 +72,10 @@ class RefineCallback(BaseCallback):
         self._pool_size, self._tie = pool_size, itertools.count()
         self.history: list[dict] = []
         self._store: EpisodeStore | None = None
+
+    @staticmethod
+    def _empty_window() -> dict:
+        return {"episodes": 0, "env_failures": 0, "false_successes": 0, "missed_successes": 0}
 
     def _on_step(self) -> bool:
         for infos, dones in completed_steps(self):
@@ -95,6 +99,8 @@ class RefineCallback(BaseCallback):
         if not ep["env"]:
             self.window["env_failures"] += 1
             self.window["false_successes"] += int(ep["model"])
+        else:
+            self.window["missed_successes"] += int(not ep["model"])
         frames, peak = self._labelled_frames(info, ep["env"])
         if frames is None:
             return
@@ -151,6 +157,7 @@ class RefineCallback(BaseCallback):
             "window_episodes": w["episodes"],
             "window_env_failures": w["env_failures"],
             "window_false_successes": w["false_successes"],
+            "window_missed_successes": w["missed_successes"],
         }
 
     def window_fsr(self) -> float:
@@ -162,7 +169,7 @@ class RefineCallback(BaseCallback):
         record = {**self._window_record(), "added": len(self.pending)}
         if self.history:
             self.history[-1]["false_success_rate_after"] = record["false_success_rate_before"]
-        self.window = {"episodes": 0, "env_failures": 0, "false_successes": 0}
+        self.window = self._empty_window()
         if len(self.pending) < self.min_episodes:
             record["refined"] = False
             self.history.append(record)
@@ -259,16 +266,29 @@ class RefineCallback(BaseCallback):
             return {"before": float("nan"), "after": float("nan"), "refinements": 0}
 
         def pooled(rows):
+            total = sum(r.get("window_episodes", 0) for r in rows)
             fails = sum(r.get("window_env_failures", 0) for r in rows)
             false = sum(r.get("window_false_successes", 0) for r in rows)
-            return (false / fails if fails else float("nan")), fails
+            missed = sum(r.get("window_missed_successes", 0) for r in rows)
+            wins = total - fails
+            return (
+                (false / fails if fails else float("nan")),
+                fails,
+                (missed / wins if wins else float("nan")),
+                wins,
+            )
 
-        before, n_before = pooled(self.history[: first + 1])
-        after, n_after = pooled(self.history[first + 1 :])
+        before, n_before, missed_before, wins_before = pooled(self.history[: first + 1])
+        after, n_after, missed_after, wins_after = pooled(self.history[first + 1 :])
         return {
             "before": before,
             "failed_episodes_before": n_before,
             "after": after,
             "failed_episodes_after": n_after,
+            # the other error: env successes the detection never fired on
+            "missed_before": missed_before,
+            "successful_episodes_before": wins_before,
+            "missed_after": missed_after,
+            "successful_episodes_after": wins_after,
             "refinements": sum(bool(r.get("refined")) for r in self.history),
         }

@@ -280,7 +280,8 @@ def test_refinement_loop_adapts_the_model_on_contradicting_episodes(demos_and_mo
     assert records and records[0]["false_success_rate_before"] > 0.5 and records[0]["refined"]
     assert records[-1]["final_window"] and "false_success_rate_after" in records[-2]
     fsr = summary["refinement_false_success"]
-    assert fsr["refinements"] >= 1 and fsr["before"] > 0.5
+    assert fsr["refinements"] >= 1 and fsr["before"] > 0.5 and "missed_after" in fsr
+    assert "missed_success_rate" in summary["hacking_watch"]
     assert fsr["failed_episodes_before"] == records[0]["window_env_failures"] > 0
     refined = GRM.from_pretrained(out / "refined_model")
     assert not torch.equal(refined.head[-1].bias, grm.head[-1].bias)
@@ -465,6 +466,12 @@ def test_refinement_labels_the_frames_the_outcome_is_about_and_balances_the_outc
         (106, True),
         (7, False),
     ]
+    assert cb.window == {
+        "episodes": 7,
+        "env_failures": 4,
+        "false_successes": 1,
+        "missed_successes": 2,
+    }
     assert all(int(f[0].flat[0]) == 0 for f, _ in cb.pending)  # the episode's first frames
     assert cb._balance_pending() == 1
     assert (int(cb.pending[-1][0][1].flat[0]), cb.pending[-1][1]) == (2, False)  # peak 0.9
