@@ -156,6 +156,12 @@ def _aggregate(runs: list[list[dict]], refinements: list | None = None) -> dict:
     if refinements:  # false-success rate before the first refinement and pooled after it
         extra["false_success_before_refine"] = _nanmean([r.get("before") for r in refinements])
         extra["false_success_after_refine"] = _nanmean([r.get("after") for r in refinements])
+        extra["missed_success_before_refine"] = _nanmean(
+            [r.get("missed_before") for r in refinements]
+        )
+        extra["missed_success_after_refine"] = _nanmean(
+            [r.get("missed_after") for r in refinements]
+        )
         extra["refinements"] = float(np.mean([r.get("refinements", 0) for r in refinements]))
     return {
         **extra,
@@ -164,6 +170,7 @@ def _aggregate(runs: list[list[dict]], refinements: list | None = None) -> dict:
         "success_mean": succ.mean(0).tolist(),
         "success_std": succ.std(0).tolist(),
         "false_success_rate": _nanmean([r[n - 1]["false_success_rate"] for r in runs]),
+        "missed_success_rate": _nanmean([r[n - 1].get("missed_success_rate") for r in runs]),
         "progress_mae": _nanmean([r[n - 1]["progress_mae"] for r in runs]),
     }
 

@@ -330,12 +330,15 @@ def test_compare_reports_false_successes_before_and_after_refinement():
         }
     ]
     refs = [
-        {"before": 0.2, "after": 0.04, "refinements": 3},
-        {"before": 0.1, "after": 0.02, "refinements": 5},
+        {"before": 0.2, "after": 0.04, "refinements": 3, "missed_before": 0.5, "missed_after": 0.3},
+        {"before": 0.1, "after": 0.02, "refinements": 5, "missed_before": 0.4},
     ]
     agg = _aggregate([evals, evals], refs)
     assert agg["false_success_before_refine"] == pytest.approx(0.15)
     assert agg["false_success_after_refine"] == pytest.approx(0.03)
+    assert agg["missed_success_before_refine"] == pytest.approx(0.45)
+    assert agg["missed_success_after_refine"] == pytest.approx(0.3)  # the run that has it
+    assert agg["missed_success_rate"] != agg["missed_success_rate"]  # no run has it: NaN
     assert agg["refinements"] == 4
 
 
