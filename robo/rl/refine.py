@@ -135,13 +135,13 @@ class RefineCallback(BaseCallback):
         """Add agreeing episodes of the minority outcome to ``pending``; returns how many."""
         successes = sum(ok for _, ok in self.pending)
         short = successes - (len(self.pending) - successes)
-        added = []
-        while short > 0 and self._hard_failures:  # the highest-rated failures first
-            best = max(self._hard_failures, key=lambda t: t[0])
-            self._hard_failures.remove(best)
-            added.append((best[2], False))
-            short -= 1
-        heapq.heapify(self._hard_failures)
+        hardest = heapq.nlargest(max(short, 0), self._hard_failures)  # highest peaks first
+        added = [(frames, False) for _, _, frames in hardest]
+        if hardest:
+            taken = {tie for _, tie, _ in hardest}
+            self._hard_failures = [t for t in self._hard_failures if t[1] not in taken]
+            heapq.heapify(self._hard_failures)
+        short -= len(hardest)
         while short < 0 and self._successes:
             added.append((self._successes.popleft(), True))
             short += 1
