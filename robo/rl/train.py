@@ -145,7 +145,8 @@ class RLConfig:
     # SAC: LayerNorm in the critics' hidden layers (RLPD).
     critic_layernorm: bool = False
     # SAC: clip TD targets to the range the return can take (sparse: [0, bonus]; pbrs with
-    # a potential in [0, 1]: [-1, bonus + 1]; other modes are not clipped). Without it the
+    # a potential in [0, 1]: [-1, bonus], the sparse value minus the potential; other modes
+    # are not clipped; see return_bounds). Without it the
     # critic over-estimates: Q of 2-4 where the sparse return is at most 1.
     q_clip: bool = True
     # SAC: critics in the ensemble (2: SAC's pair). With more, the actor maximises their mean.
@@ -328,10 +329,14 @@ class PrivilegedPotential(_NoModel):
 def return_bounds(shaping: ShapingConfig) -> tuple[float, float] | None:
     """Range of the discounted return under this shaping, or None where it is unbounded.
 
-    Sparse: the success bonus once (training envs terminate on the env's success). pbrs:
-    the shaping terms telescope to ``gamma^T Phi(s_T) - Phi(s_0)``, within [-1, 1] for a
-    potential in [0, 1], plus the bonus. With the model's success detection as the gold
-    signal the episode does not end on it, so the bonus may recur: ``bonus / (1 - gamma)``.
+    Sparse: the success bonus once (training envs terminate on the env's success). With the
+    model's success detection as the gold signal the episode does not end on it, so the
+    bonus may recur: ``bonus / (1 - gamma)``. pbrs: the value is the sparse one minus the
+    potential, ``Q_pbrs(s, a) = Q_sparse(s, a) - Phi(s)`` (Ng et al. 1999; Wiewiora 2003):
+    the critic bootstraps through time-limit truncations, so the shaping terms telescope over
+    an unbounded horizon to ``-Phi(s_0)`` for ``gamma < 1`` (``Phi = 0`` at a true terminal).
+    With a potential in [0, 1] that is ``[lo - 1, hi]``; at ``gamma = 1`` a never-ending
+    episode may also collect up to 1 of progress, so the top is ``max(hi, 1)``.
     """
     recurs = shaping.success_source is not SuccessSource.env
     if recurs and shaping.gamma >= 1.0:
@@ -341,7 +346,7 @@ def return_bounds(shaping: ShapingConfig) -> tuple[float, float] | None:
     if shaping.mode is ShapingMode.sparse:
         return (lo, hi) if lo < hi else None
     if shaping.mode is ShapingMode.pbrs:
-        return (lo - 1.0, hi + 1.0)
+        return (lo - 1.0, hi if shaping.gamma < 1.0 else max(hi, 1.0))
     return None
 
 

@@ -309,12 +309,37 @@ def test_return_bounds_by_shaping():
     from robo.shaping import ShapingConfig
 
     assert return_bounds(ShapingConfig(mode="sparse")) == (0.0, 1.0)
-    assert return_bounds(ShapingConfig(mode="pbrs", success_bonus=2.0)) == (-1.0, 3.0)
+    # pbrs: the sparse value minus the potential (in [0, 1])
+    assert return_bounds(ShapingConfig(mode="pbrs", success_bonus=2.0)) == (-1.0, 2.0)
+    assert return_bounds(ShapingConfig(mode="pbrs", success_bonus=0.5, gamma=1.0)) == (-1.0, 1.0)
     # the model's success detection does not end the episode: the bonus may recur
     lo, hi = return_bounds(ShapingConfig(mode="pbrs", success_source="model", gamma=0.9))
-    assert lo == -1.0 and hi == pytest.approx(11.0)
+    assert lo == -1.0 and hi == pytest.approx(10.0)
     assert return_bounds(ShapingConfig(mode="naive")) is None
     assert return_bounds(ShapingConfig(mode="oracle")) is None
+
+
+def test_pbrs_returns_lie_within_the_bounds():
+    """Discounted pbrs returns of random potential sequences (long enough for gamma^T to
+    vanish, as the bootstrapped critic sees them), ending in success or not."""
+    from robo.rl.train import return_bounds
+    from robo.shaping import ShapingConfig, ShapingMode, shaped_reward
+
+    rng = np.random.default_rng(0)
+    cfg = ShapingConfig(mode="pbrs", gamma=0.95)
+    lo, hi = return_bounds(cfg)
+    returns = []
+    for _ in range(200):
+        success = rng.random() < 0.5
+        T = int(rng.integers(2, 20)) if success else 400  # a success ends the episode
+        phi = rng.uniform(0, 1, T + 1) ** rng.uniform(0.1, 5)  # near 0 or near 1
+        term = np.zeros(T, bool)
+        term[-1] = success
+        r_gold = term.astype(float)
+        r = shaped_reward(ShapingMode.pbrs, r_gold, phi[:-1], phi[1:], term, cfg.gamma)
+        returns.append(float(np.sum(r * cfg.gamma ** np.arange(T))))
+    assert lo - 1e-9 <= min(returns) and max(returns) <= hi + 1e-6
+    assert max(returns) > 0.5 * hi and min(returns) < 0.5 * lo  # the bounds are near-tight
 
 
 def test_compare_reports_false_successes_before_and_after_refinement():
