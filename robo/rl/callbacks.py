@@ -9,20 +9,50 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
 
+def start_value(policy, obs, action) -> float | None:
+    """The critic's value of the first decision, ``Q(s_0, a_0)`` (SAC-family policies with
+    a critic; ``None`` for others). With the success reward of the episode that follows
+    (:func:`run_eval_episodes`'s ``return_start``) it shows over-estimation."""
+    if not hasattr(policy, "critic") or not hasattr(policy, "_q_value"):
+        return None
+    import torch as th
+
+    obs_t, _ = policy.policy.obs_to_tensor(obs)
+    act = policy.policy.scale_action(np.asarray(action, np.float32).reshape(1, -1))
+    with th.no_grad():
+        return float(policy._q_value(policy.critic, obs_t, th.as_tensor(act)).item())
+
+
 def run_eval_episodes(policy, env, episodes: int, seed: int) -> dict:
-    """Deterministic episodes; success if the env reports success at any step."""
-    successes, lengths = [], []
+    """Deterministic episodes; success if the env reports success at any step.
+
+    For a policy with a critic, also ``q_start``, the critic's mean ``Q(s_0, a_0)``, beside
+    ``return_start``, the mean discounted success reward that followed (``gamma^(T-1)`` at a
+    success in decision T, else 0; the training envs end on success). Under pbrs the critic's
+    value is the sparse one minus the start state's potential (about 0 at a reset), so the two
+    compare under every mode but ``naive`` and ``oracle``: a gap is over-estimation.
+    """
+    successes, lengths, q0, ret0 = [], [], [], []
+    gamma = float(getattr(policy, "gamma", 1.0))
     for k in range(episodes):
         obs, info = env.reset(seed=seed + k)
-        done, success, steps = False, False, 0
+        done, success, steps, first = False, False, 0, True
         while not done:
             action, _ = policy.predict(obs, deterministic=True)
+            if first:
+                q, first = start_value(policy, obs, action), False
             obs, _, term, trunc, info = env.step(action)
             success |= bool(info.get("success", False))
             done, steps = term or trunc, steps + 1
         successes.append(success)
         lengths.append(steps)
-    return {"success_rate": float(np.mean(successes)), "mean_length": float(np.mean(lengths))}
+        if q is not None:
+            q0.append(q)
+            ret0.append(gamma ** (steps - 1) if success else 0.0)
+    out = {"success_rate": float(np.mean(successes)), "mean_length": float(np.mean(lengths))}
+    if q0:
+        out.update(q_start=float(np.mean(q0)), return_start=float(np.mean(ret0)))
+    return out
 
 
 def completed_steps(callback: BaseCallback, final: bool = False) -> list[tuple[list, np.ndarray]]:
@@ -87,6 +117,9 @@ class SuccessEvalCallback(BaseCallback):
         if getattr(self, "model", None) is not None and step:
             self.logger.record("eval/success_rate", row["success_rate"])
             self.logger.record("watch/false_success_rate", row["false_success_rate"])
+            if "q_start" in row:
+                self.logger.record("eval/q_start", row["q_start"])
+                self.logger.record("eval/return_start", row["return_start"])
         return row
 
     def _on_step(self) -> bool:

@@ -101,7 +101,7 @@ def test_sac_pbrs_with_warm_start(demos_and_model, tmp_path):
     from robo.rl.warmstart import ObsNormalizer, load_demos
 
     policy = DemoSAC.load(out / "final_policy")
-    assert tuple(policy.q_bounds) == (-1.0, 2.0) and len(policy.critic.q_networks) == 3
+    assert tuple(policy.q_bounds) == (-1.0, 1.0) and len(policy.critic.q_networks) == 3
     # observations are normalised by the demonstrations' statistics, widened by the scenes'
     # spread, in actor and critics
     states = np.concatenate([ep.states for ep in load_demos(demos, None)[0]])
@@ -135,6 +135,9 @@ def test_sac_pbrs_with_warm_start(demos_and_model, tmp_path):
     steps = [e["step"] for e in summary["evaluations"]]
     assert steps[0] == 0 and steps[-1] == 120
     assert all(0 <= e["success_rate"] <= 1 for e in summary["evaluations"])
+    # the critic's start value beside the return that followed (over-estimation check)
+    assert all(np.isfinite(e["q_start"]) for e in summary["evaluations"])
+    assert all(0 <= e["return_start"] <= 1 for e in summary["evaluations"])
     assert "false_success_rate" in summary["hacking_watch"]
     assert set(summary["self_imitation"]) == {"episodes", "transitions"}
     assert (out / "final_policy.zip").is_file()
@@ -167,7 +170,8 @@ def test_ppo_sparse_without_a_model(tmp_path):
         )
         == 0
     )
-    assert json.loads((out / "eval.json").read_text())[-1]["step"] >= 128
+    row = json.loads((out / "eval.json").read_text())[-1]
+    assert row["step"] >= 128 and "q_start" not in row  # PPO has no Q critic
 
 
 @pytest.mark.parametrize(
@@ -520,3 +524,36 @@ def test_refinement_labels_the_frames_the_outcome_is_about_and_balances_the_outc
     info["episode_first_frames"] = np.zeros((1, 4, 4, 3), np.uint8)
     legacy._track([info], [True])
     assert int(legacy.pending[0][0][1].flat[0]) == 250
+
+
+def test_eval_reports_the_critics_start_value_and_the_discounted_success():
+    import gymnasium as gym
+    import torch as th
+
+    from robo.rl.callbacks import run_eval_episodes
+    from robo.rl.demosac import DemoSAC
+
+    class SucceedsAtThree(gym.Env):
+        observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+        action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+
+        def reset(self, seed=None, options=None):
+            super().reset(seed=seed)
+            self.t = 0
+            return np.full(3, 0.5, np.float32), {}
+
+        def step(self, action):
+            self.t += 1
+            done = self.t == 3
+            return np.full(3, 0.5, np.float32), float(done), done, False, {"success": done}
+
+    env = SucceedsAtThree()
+    policy = DemoSAC("MlpPolicy", env, gamma=0.9, seed=0, learning_starts=0)
+    row = run_eval_episodes(policy, env, episodes=2, seed=0)
+    assert row["success_rate"] == 1.0 and row["mean_length"] == 3.0
+    assert row["return_start"] == pytest.approx(0.9**2)  # the success reward of decision 3
+    obs = th.full((1, 3), 0.5)
+    with th.no_grad():
+        act = policy.actor(obs, deterministic=True)
+        q = th.min(*policy.critic(obs, act)).item()
+    assert row["q_start"] == pytest.approx(q, abs=1e-5)
