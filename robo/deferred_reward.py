@@ -29,8 +29,10 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
+import torch as th
 from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.vec_env import CloudpickleWrapper, VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices
@@ -325,6 +327,56 @@ class DeferredRewardVecEnv(VecEnv):
 
 
 # ---------------------------------------------------------------------------- replay buffer
+class PotentialSamples(NamedTuple):
+    """SB3's replay samples plus each transition's next-state potential ``(batch, 1)``."""
+
+    observations: th.Tensor
+    actions: th.Tensor
+    next_observations: th.Tensor
+    dones: th.Tensor
+    rewards: th.Tensor
+    discounts: th.Tensor | None = None
+    next_potentials: th.Tensor | None = None
+
+
+class PotentialReplayBuffer(ReplayBuffer):
+    """SB3's replay buffer that also keeps each transition's next-state potential (the
+    shaper's ``info["reward_terms"]["next_potential"]``, NaN until known), for the per-state
+    bound of pbrs values (:class:`robo.rl.demosac.DemoSAC`'s ``potential_bounds``); samples
+    are :class:`PotentialSamples`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.optimize_memory_usage:
+            raise ValueError("PotentialReplayBuffer does not support optimize_memory_usage")
+        self.next_potentials = np.full((self.buffer_size, self.n_envs), np.nan, np.float32)
+
+    def add(self, obs, next_obs, action, reward, done, infos) -> None:
+        pos = self.pos
+        super().add(obs, next_obs, action, reward, done, infos)
+        self._store_potentials(pos, infos)
+
+    def _store_potentials(self, pos: int, infos) -> None:
+        terms = [info.get("reward_terms") for info in infos]
+        if all(t is not None for t in terms):
+            self.next_potentials[pos] = [t["next_potential"] for t in terms]
+
+    def _get_samples(self, batch_inds: np.ndarray, env=None) -> PotentialSamples:
+        env_indices = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
+        data = (
+            self._normalize_obs(self.observations[batch_inds, env_indices, :], env),
+            self.actions[batch_inds, env_indices, :],
+            self._normalize_obs(self.next_observations[batch_inds, env_indices, :], env),
+            # timeouts are not terminal: their value is bootstrapped
+            (
+                self.dones[batch_inds, env_indices] * (1 - self.timeouts[batch_inds, env_indices])
+            ).reshape(-1, 1),
+            self._normalize_reward(self.rewards[batch_inds, env_indices].reshape(-1, 1), env),
+        )
+        pots = self.next_potentials[batch_inds, env_indices].reshape(-1, 1)
+        return PotentialSamples(*map(self.to_torch, data), next_potentials=self.to_torch(pots))
+
+
 class DeferredRewardReplayBuffer(ReplayBuffer):
     """SB3's replay buffer for :class:`DeferredRewardVecEnv`: transitions are stored with
     their rewards still due and are never sampled until the rewards are filled in.
@@ -338,6 +390,9 @@ class DeferredRewardReplayBuffer(ReplayBuffer):
         super().__init__(*args, **kwargs)
         self._due: dict[int, int] = {}  # seq -> buffer position
         self._early: dict[int, np.ndarray] = {}  # seq -> rewards that came before the add
+        # seq -> the due step's infos: the env writes their reward terms in place when the
+        # rewards arrive (a buffer that keeps potentials reads them then)
+        self._due_infos: dict[int, list] = {}
         self.on_starved: Callable[[], object] | None = None
 
     def add(self, obs, next_obs, action, reward, done, infos) -> None:
@@ -350,6 +405,8 @@ class DeferredRewardReplayBuffer(ReplayBuffer):
             self.rewards[pos] = self._early.pop(seq)
         else:
             self._due[seq] = pos
+            if isinstance(self, PotentialReplayBuffer):
+                self._due_infos[seq] = infos
         self._early = {s: r for s, r in self._early.items() if s > seq}
 
     def fill(self, seq: int, rewards: np.ndarray) -> None:
@@ -359,6 +416,9 @@ class DeferredRewardReplayBuffer(ReplayBuffer):
             self._early[seq] = np.asarray(rewards, np.float32)
         else:
             self.rewards[pos] = rewards
+            infos = self._due_infos.pop(seq, None)
+            if infos is not None:
+                self._store_potentials(pos, infos)
 
     def _blocked(self, upper: int) -> np.ndarray:
         """Positions not to sample: those whose reward is due and, with n-step returns,
@@ -384,6 +444,11 @@ class DeferredRewardReplayBuffer(ReplayBuffer):
         for d in np.sort(due):
             inds[inds >= d] += 1
         return self._get_samples(inds, env=env)
+
+
+class DeferredPotentialReplayBuffer(DeferredRewardReplayBuffer, PotentialReplayBuffer):
+    """The deferred-reward buffer that also keeps next-state potentials: read from the step's
+    reward terms once they are in."""
 
 
 class DeferredNStepReplayBuffer(DeferredRewardReplayBuffer, NStepReplayBuffer):

@@ -36,11 +36,11 @@ def run_eval_episodes(policy, env, episodes: int, seed: int) -> dict:
     gamma = float(getattr(policy, "gamma", 1.0))
     for k in range(episodes):
         obs, info = env.reset(seed=seed + k)
-        done, success, steps, first = False, False, 0, True
+        done, success, steps = False, False, 0
         while not done:
             action, _ = policy.predict(obs, deterministic=True)
-            if first:
-                q, first = start_value(policy, obs, action), False
+            if steps == 0:
+                q = start_value(policy, obs, action)
             obs, _, term, trunc, info = env.step(action)
             success |= bool(info.get("success", False))
             done, steps = term or trunc, steps + 1

@@ -31,6 +31,12 @@ demonstrations are given:
   discounted return can take. With sparse or potential-shaped rewards that range is known
   (the shaping terms telescope), and clipping to it stops the critic's extrapolation from
   feeding on itself at high update-to-data ratios.
+* **Per-state bounds under pbrs** (``potential_bounds``), optional: a potential-shaped
+  value is the sparse one minus the potential (Wiewiora 2003), so each bootstrapped value
+  is clipped to ``[lo - Phi(s'), hi - Phi(s')]`` with ``(lo, hi)`` the sparse return's range
+  and ``Phi(s')`` the transition's next-state potential (the demonstrations' ``next_phi``
+  and the replay buffer's, :class:`robo.deferred_reward.PotentialReplayBuffer`): as tight
+  as sparse's own bound, where the global pbrs range is a whole potential wider.
 * **Advantage-weighted actor** (``actor_update="awac"``), optional: in place of SAC's
   reparameterised actor loss, the actor maximises the log-likelihood of the batch's own
   actions (demonstrations and replay) weighted by ``exp(A / awac_beta)``, with the advantage
@@ -108,6 +114,7 @@ class DemoSAC(SAC):
         ibrl: bool = False,
         critic_subset: int = 0,
         q_bounds: tuple[float, float] | None = None,
+        potential_bounds: tuple[float, float] | None = None,
         actor_delay: int = 0,
         actor_update: str = "sac",
         awac_beta: float = 0.1,
@@ -142,6 +149,11 @@ class DemoSAC(SAC):
         if q_bounds is not None and not q_bounds[0] < q_bounds[1]:
             raise ValueError(f"q_bounds={q_bounds} must be (low, high) with low < high")
         self.q_bounds = None if q_bounds is None else (float(q_bounds[0]), float(q_bounds[1]))
+        if potential_bounds is not None and not potential_bounds[0] < potential_bounds[1]:
+            raise ValueError(f"potential_bounds={potential_bounds} must be (low, high), low < high")
+        self.potential_bounds = (
+            None if potential_bounds is None else tuple(float(b) for b in potential_bounds)
+        )
         self.ibrl = bool(ibrl)
         self.critic_subset = int(critic_subset)
         if actor_delay < 0:
@@ -188,6 +200,8 @@ class DemoSAC(SAC):
             "disc": t(tr.get("disc", np.full(len(act), self.gamma))).reshape(-1, 1),
             # 1 where the action is the expert's: the BC term skips scripted slips
             "clone": t(tr.get("clone", np.ones(len(act)))).reshape(-1, 1),
+            # potential of the state whose value is bootstrapped (per-state pbrs bounds)
+            "next_phi": t(tr.get("next_phi", np.full(len(act), np.nan))).reshape(-1, 1),
         }
 
     # ----------------------------------------------------------------- IBRL
@@ -313,8 +327,9 @@ class DemoSAC(SAC):
 
     # ----------------------------------------------------------------- batches and updates
     def _batch(self, batch_size: int, demos_only: bool):
-        """(obs, act, rew, next, done, discount, n_demo, clone): demos first, then replay;
-        ``clone`` (n_demo, 1) weights the demo rows in the BC term."""
+        """(obs, act, rew, next, done, discount, next_phi, n_demo, clone): demos first, then
+        replay; ``next_phi`` the next-state potentials (NaN where not kept); ``clone``
+        (n_demo, 1) weights the demo rows in the BC term."""
         n_demo, clone = 0, None
         if self.demos is not None:
             n_demo = batch_size if demos_only else int(round(batch_size * self.demo_ratio))
@@ -325,7 +340,11 @@ class DemoSAC(SAC):
             clone = d["clone"][idx]
             disc = d["disc"][idx]
             parts.append(
-                (d["obs"][idx], d["act"][idx], d["rew"][idx], d["next"][idx], d["done"][idx], disc)
+                (
+                    *(d[k][idx] for k in ("obs", "act", "rew", "next", "done")),
+                    disc,
+                    d["next_phi"][idx],
+                )
             )
         n_replay = batch_size - n_demo
         if n_replay:
@@ -335,9 +354,25 @@ class DemoSAC(SAC):
                 if r.discounts is not None
                 else th.full((n_replay, 1), self.gamma, device=self.device)
             )
-            parts.append((r.observations, r.actions, r.rewards, r.next_observations, r.dones, disc))
-        cols = [th.cat([p[i] for p in parts]) for i in range(6)]
+            phi = getattr(r, "next_potentials", None)
+            if phi is None:
+                phi = th.full((n_replay, 1), float("nan"), device=self.device)
+            parts.append(
+                (r.observations, r.actions, r.rewards, r.next_observations, r.dones, disc, phi)
+            )
+        cols = [th.cat([p[i] for p in parts]) for i in range(7)]
         return (*cols, n_demo, clone)
+
+    def _bound_next_value(self, next_q: th.Tensor, next_phi: th.Tensor) -> th.Tensor:
+        """Clip bootstrapped pbrs values to ``[lo - Phi(s'), hi - Phi(s')]`` (see the module
+        docstring); rows without a known potential keep the global bound only."""
+        if self.potential_bounds is None:
+            return next_q
+        lo, hi = self.potential_bounds
+        known = ~th.isnan(next_phi)
+        phi = th.where(known, next_phi, th.zeros_like(next_phi))
+        bounded = th.minimum(th.maximum(next_q, lo - phi), hi - phi)
+        return th.where(known, bounded, next_q)
 
     def train(self, gradient_steps: int, batch_size: int = 64, critic_only: bool = False) -> None:
         """SAC's updates with the additions above. ``critic_only``: critic updates on the
@@ -352,7 +387,7 @@ class DemoSAC(SAC):
         actor_losses, critic_losses, bc_losses, ent_coefs, q_means = [], [], [], [], []
         awac_weights = []
         for step in range(gradient_steps):
-            obs, act, rew, nxt, done, disc, n_demo, clone = self._batch(
+            obs, act, rew, nxt, done, disc, next_phi, n_demo, clone = self._batch(
                 batch_size, demos_only=critic_only
             )
             if self.actor_update == "sac":  # AWAC's actor needs no sample from the policy
@@ -380,6 +415,7 @@ class DemoSAC(SAC):
                 if self.ibrl:  # bootstrap from the better of the two proposals
                     next_bc = self.bc_actor(nxt, deterministic=True)
                     next_q = th.maximum(next_q, self._q_target(self.critic_target, nxt, next_bc))
+                next_q = self._bound_next_value(next_q, next_phi)
                 target_q = rew + (1 - done) * disc * next_q
                 if self.q_bounds is not None:
                     target_q = target_q.clamp(*self.q_bounds)

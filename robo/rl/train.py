@@ -149,6 +149,10 @@ class RLConfig:
     # are not clipped; see return_bounds). Without it the
     # critic over-estimates: Q of 2-4 where the sparse return is at most 1.
     q_clip: bool = True
+    # SAC with pbrs: also clip each bootstrapped value to [lo - Phi(s'), hi - Phi(s')], the
+    # sparse range minus the next state's potential (a pbrs value is the sparse one minus the
+    # potential): as tight as sparse's own clip. One-step targets, no action chunks.
+    q_clip_potential: bool = False
     # SAC: critics in the ensemble (2: SAC's pair). With more, the actor maximises their mean.
     n_critics: int = 2
     # SAC: critics whose minimum is the TD target, drawn at random each update (REDQ; 0: all).
@@ -274,6 +278,16 @@ class RLConfig:
             raise RoboError(
                 "--n_step applies to --algo sac (PPO has its own returns): drop it or use sac"
             )
+        if self.q_clip_potential and (
+            self.algo is not Algo.sac
+            or self.shaping.mode is not ShapingMode.pbrs
+            or self.n_step > 1
+            or self.action_chunk > 1
+        ):
+            raise RoboError(
+                "--q_clip_potential true bounds SAC's one-step pbrs targets: it needs --algo sac "
+                "and --shaping.mode pbrs, without --n_step or --action_chunk above 1"
+            )
         if needs_model and self.reward == "none":
             raise RoboError(
                 f"--shaping.mode {self.shaping.mode.value} needs a reward model: pass --reward grm:<dir>"
@@ -397,12 +411,31 @@ def make_env_fn(cfg: RLConfig, model, seed: int):
     return fn
 
 
+def potential_bounds(shaping: ShapingConfig) -> tuple[float, float]:
+    """The sparse return's range, from which a pbrs value at ``s`` is ``Phi(s)`` less."""
+    bounds = return_bounds(replace(shaping, mode=ShapingMode.sparse))
+    if bounds is None:
+        raise RoboError(
+            "--q_clip_potential true needs a bounded sparse return: a success bonus other "
+            "than 0 and, with --shaping.success_source model, a discount below 1"
+        )
+    return bounds
+
+
 def replay_buffer_args(cfg: RLConfig, deferred: bool) -> dict:
     """SAC's replay buffer: deferred rewards and/or n-step returns, else SB3's default."""
     from stable_baselines3.common.buffers import NStepReplayBuffer
 
-    from robo.deferred_reward import DeferredNStepReplayBuffer, DeferredRewardReplayBuffer
+    from robo.deferred_reward import (
+        DeferredNStepReplayBuffer,
+        DeferredPotentialReplayBuffer,
+        DeferredRewardReplayBuffer,
+        PotentialReplayBuffer,
+    )
 
+    if cfg.q_clip_potential:  # validated: one-step targets
+        cls = DeferredPotentialReplayBuffer if deferred else PotentialReplayBuffer
+        return {"replay_buffer_class": cls}
     if cfg.n_step > 1:
         cls = DeferredNStepReplayBuffer if deferred else NStepReplayBuffer
         kwargs = {"n_steps": cfg.n_step, "gamma": cfg.decision_shaping.gamma}
@@ -490,6 +523,7 @@ def build(cfg: RLConfig, demos: tuple | None = None):
             flip_dims=flip_dims(cfg, venv.action_space) if cfg.flip_prob else (),
             critic_subset=cfg.critic_subset,
             q_bounds=return_bounds(shaping) if cfg.q_clip else None,
+            potential_bounds=potential_bounds(shaping) if cfg.q_clip_potential else None,
             actor_delay=cfg.actor_delay if warm else 0,
             actor_update=cfg.actor_update,
             awac_beta=cfg.awac_beta,

@@ -215,9 +215,10 @@ def n_step_returns(rew, terminated, gamma: float, n: int):
 
 
 def demo_transitions(demos, views, model, ctx, cfg) -> dict:
-    """(obs, action, reward, next_obs, done, discount, clone) of all demos, rewarded by the
-    run's shaping; with ``cfg.n_step`` above 1 the rewards are n-step returns and ``next_obs``
-    the state n steps on, ``discount`` the factor of its bootstrapped value.
+    """(obs, action, reward, next_obs, done, discount, clone, next_phi) of all demos, rewarded
+    by the run's shaping; with ``cfg.n_step`` above 1 the rewards are n-step returns and
+    ``next_obs`` the state n steps on, ``discount`` the factor of its bootstrapped value and
+    ``next_phi`` its potential.
 
     ``clone`` marks the transitions whose action is the expert's: behaviour cloning fits only
     those, while the critic learns from all of them (a recovery demo's slip is a real
@@ -225,7 +226,7 @@ def demo_transitions(demos, views, model, ctx, cfg) -> dict:
     n = cfg.n_step
     gamma = cfg.shaping.gamma
     chunk = cfg.action_chunk
-    rows = {k: [] for k in ("obs", "act", "rew", "next", "done", "disc", "clone")}
+    rows = {k: [] for k in ("obs", "act", "rew", "next", "done", "disc", "clone", "next_phi")}
     for ep in demos:
         T = len(ep)
         if getattr(model, "reads_info", False):  # privileged potential (evaluation only)
@@ -260,6 +261,7 @@ def demo_transitions(demos, views, model, ctx, cfg) -> dict:
         rows["done"].append(terminated[last])
         rows["disc"].append(disc)
         rows["clone"].append(clone_mask(ep))
+        rows["next_phi"].append(phi[1:][last])
     return {k: np.concatenate(v) for k, v in rows.items()}
 
 
@@ -301,6 +303,7 @@ def _chunk_rows(ep, phi: np.ndarray, cfg, k: int) -> dict:
         "done": terminated,
         "disc": np.full(T - 1, gamma**k),
         "clone": clone,
+        "next_phi": phi[end],
     }
 
 

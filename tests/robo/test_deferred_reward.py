@@ -300,3 +300,37 @@ def test_a_dead_worker_is_a_one_line_error_and_close_still_works():
         for _ in range(2):  # the first send may still fit in the pipe
             venv.step(actions(1, 1)[0])
     venv.close()
+
+
+def test_potential_buffers_keep_each_transitions_next_potential():
+    """Synchronous: read from the step's reward terms at the add. Deferred: the env writes
+    the terms into the step's infos when the rewards arrive, before or after the add."""
+    from gymnasium import spaces
+
+    from robo.deferred_reward import DeferredPotentialReplayBuffer, PotentialReplayBuffer
+
+    box = spaces.Box(-1, 1, (2,), np.float32)
+    z = np.zeros((1, 2), np.float32)
+    sync = PotentialReplayBuffer(8, box, box, device="cpu", n_envs=1)
+    for k in range(4):  # reward 10 * potential: rows stay aligned when sampled
+        info = {"reward_terms": {"next_potential": 0.1 * k}}
+        sync.add(z, z, z, np.array([float(k)]), np.array([False]), [info])
+    s = sync.sample(200)
+    np.testing.assert_allclose(s.next_potentials.numpy(), 0.1 * s.rewards.numpy(), atol=1e-6)
+
+    buf = DeferredPotentialReplayBuffer(8, box, box, device="cpu", n_envs=1)
+    infos = [{SEQ_KEY: 1}]
+    buf.add(z, z, z, np.array([np.nan], np.float32), np.array([False]), infos)
+    assert np.isnan(buf.next_potentials[0, 0])
+    infos[0]["reward_terms"] = {"next_potential": 0.25}  # what flush() does, then the sink
+    buf.fill(1, np.array([1.0]))
+    assert buf.next_potentials[0, 0] == 0.25 and not buf._due_infos
+    # rewards (and terms) that arrive before the add
+    infos = [{SEQ_KEY: 2, "reward_terms": {"next_potential": 0.75}}]
+    buf.fill(2, np.array([2.0]))
+    buf.add(z, z, z, np.array([np.nan], np.float32), np.array([False]), infos)
+    assert buf.rewards[1, 0] == 2.0 and buf.next_potentials[1, 0] == 0.75
+    s = buf.sample(100)
+    np.testing.assert_allclose(
+        s.next_potentials.numpy(), np.where(s.rewards.numpy() == 1, 0.25, 0.75)
+    )

@@ -195,6 +195,10 @@ def test_ppo_sparse_without_a_model(tmp_path):
         (["--residual_scale", "0.5"], "--residual_scale corrects the cloned actor: it needs"),
         (["--policy_obs", "relative"], "--policy_obs 'relative': use auto, all or invariant"),
         (["--policy_obs", "invariant"], "--policy_obs invariant selects inputs inside"),
+        (
+            ["--q_clip_potential", "true", "--shaping.mode", "sparse"],
+            "--q_clip_potential true bounds SAC's one-step pbrs",
+        ),
     ],
 )
 def test_bad_input_before_training(args, message, capsys, tmp_path):
@@ -557,3 +561,59 @@ def test_eval_reports_the_critics_start_value_and_the_discounted_success():
         act = policy.actor(obs, deterministic=True)
         q = th.min(*policy.critic(obs, act)).item()
     assert row["q_start"] == pytest.approx(q, abs=1e-5)
+
+
+def test_pbrs_values_are_bounded_per_state_by_the_next_potential(demos_and_model, tmp_path):
+    """--q_clip_potential: the demos carry their next-state potentials, the replay buffer
+    keeps them, and each bootstrapped value is clipped to the sparse range less Phi(s')."""
+    import torch as th
+
+    from robo.rl.demosac import DemoSAC
+
+    demos, grm = demos_and_model
+    out = tmp_path / "pot"
+    args = ["rl", "train", "--env", "tabletop/reach-v0", "--demos", demos, "--reward", "privileged"]
+    args += ["--shaping.mode", "pbrs", "--q_clip_potential", "true", "--steps", "60"]
+    args += ["--bc_epochs", "2", "--critic_warmup", "2", "--eval_every", "60"]
+    args += ["--eval_episodes", "1", "--max_episode_steps", "20", "--out", str(out)]
+    assert main(args) == 0
+    policy = DemoSAC.load(out / "final_policy")
+    assert tuple(policy.potential_bounds) == (0.0, 1.0)
+    # a real deferred run: every stored transition gets its potential once its reward is in
+    from robo.deferred_reward import DeferredPotentialReplayBuffer
+    from robo.rl.train import RLConfig, build
+
+    cfg = RLConfig(env="tabletop/reach-v0", reward=f"grm:{grm}", demos=demos, q_clip_potential=True)
+    cfg.max_episode_steps, cfg.out = 20, str(tmp_path / "b")
+    cfg.__post_init__()
+    _, _, venv, algo = build(cfg)
+    try:
+        algo.learn(45)
+        venv.flush()
+        buf = algo.replay_buffer
+        assert isinstance(buf, DeferredPotentialReplayBuffer) and buf.pos == 45
+        pots = buf.next_potentials[: buf.pos, 0]
+        assert np.isfinite(pots).all() and 0 <= pots.min() and pots.max() <= 1 and pots.std() > 0
+    finally:
+        venv.close()
+    # the bound itself: rows with a known potential are clipped, the others are not
+    policy.potential_bounds = (0.0, 1.0)
+    next_q = th.tensor([[0.9], [0.9], [-0.5], [0.9]])
+    phi = th.tensor([[0.5], [0.0], [0.2], [float("nan")]])
+    got = policy._bound_next_value(next_q, phi).ravel().tolist()
+    assert got == pytest.approx([0.5, 0.9, -0.2, 0.9])
+
+
+def test_demo_transitions_carry_the_potential_of_the_bootstrapped_state(demos_and_model):
+    from robo.rl.train import PrivilegedPotential, RLConfig
+    from robo.rl.warmstart import demo_transitions, load_demos
+
+    demos, _ = demos_and_model
+    eps, _ = load_demos(demos, None)
+    for n in (1, 3):
+        cfg = RLConfig(env="tabletop/reach-v0", reward="privileged", demos=demos, n_step=n)
+        tr = demo_transitions(eps, (), PrivilegedPotential(), None, cfg)
+        p = np.asarray(eps[0].privileged_progress, np.float64)
+        T = len(p) - 1
+        last = np.minimum(np.arange(T) + n - 1, T - 1)  # reach demos end on success
+        np.testing.assert_allclose(tr["next_phi"][:T], p[1:][last])
