@@ -390,9 +390,6 @@ class DeferredRewardReplayBuffer(ReplayBuffer):
         super().__init__(*args, **kwargs)
         self._due: dict[int, int] = {}  # seq -> buffer position
         self._early: dict[int, np.ndarray] = {}  # seq -> rewards that came before the add
-        # seq -> the due step's infos: the env writes their reward terms in place when the
-        # rewards arrive (a buffer that keeps potentials reads them then)
-        self._due_infos: dict[int, list] = {}
         self.on_starved: Callable[[], object] | None = None
 
     def add(self, obs, next_obs, action, reward, done, infos) -> None:
@@ -405,8 +402,6 @@ class DeferredRewardReplayBuffer(ReplayBuffer):
             self.rewards[pos] = self._early.pop(seq)
         else:
             self._due[seq] = pos
-            if isinstance(self, PotentialReplayBuffer):
-                self._due_infos[seq] = infos
         self._early = {s: r for s, r in self._early.items() if s > seq}
 
     def fill(self, seq: int, rewards: np.ndarray) -> None:
@@ -416,9 +411,6 @@ class DeferredRewardReplayBuffer(ReplayBuffer):
             self._early[seq] = np.asarray(rewards, np.float32)
         else:
             self.rewards[pos] = rewards
-            infos = self._due_infos.pop(seq, None)
-            if infos is not None:
-                self._store_potentials(pos, infos)
 
     def _blocked(self, upper: int) -> np.ndarray:
         """Positions not to sample: those whose reward is due and, with n-step returns,
@@ -448,7 +440,24 @@ class DeferredRewardReplayBuffer(ReplayBuffer):
 
 class DeferredPotentialReplayBuffer(DeferredRewardReplayBuffer, PotentialReplayBuffer):
     """The deferred-reward buffer that also keeps next-state potentials: read from the step's
-    reward terms once they are in."""
+    reward terms once they are in (the env writes them into the step's infos in place when
+    the rewards arrive, before or after the add)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._due_infos: dict[int, list] = {}  # seq -> infos of a step whose terms are due
+
+    def add(self, obs, next_obs, action, reward, done, infos) -> None:
+        super().add(obs, next_obs, action, reward, done, infos)  # terms already in: stored
+        seq = infos[0].get(SEQ_KEY) if infos else None
+        if seq in self._due:
+            self._due_infos[seq] = infos
+
+    def fill(self, seq: int, rewards: np.ndarray) -> None:
+        pos, infos = self._due.get(seq), self._due_infos.pop(seq, None)
+        super().fill(seq, rewards)
+        if pos is not None and infos is not None:
+            self._store_potentials(pos, infos)
 
 
 class DeferredNStepReplayBuffer(DeferredRewardReplayBuffer, NStepReplayBuffer):
