@@ -74,7 +74,7 @@ def scored(model, store_path: Path, reference, experts: bool) -> list[dict]:
 
 def figures(calib: list[dict], evals: list[dict]) -> dict:
     th = choose_thresholds([r["phi"][-1] for r in calib], [r["outcome"] for r in calib], None)
-    rollouts = [r for r in evals if r["policy"] != "expert"]
+    rollouts = evals  # every held-out episode, experts included, as `robo reward eval` counts
     finals = [r["phi"][-1] for r in rollouts]
     outcomes = [r["outcome"] for r in rollouts]
     kept = [r for r in rollouts if r["policy"] != "undo"]
