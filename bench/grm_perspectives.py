@@ -91,6 +91,13 @@ def figures(calib: list[dict], evals: list[dict]) -> dict:
         )["accuracy"],
         "false_success_rate": false_success_rate(finals, outcomes, th.delta),
         "rollouts": len(rollouts),
+        "mae_per_policy": {
+            pol: progress_agreement(
+                [r["phi"] for r in evals if r["policy"] == pol],
+                [r["true"] for r in evals if r["policy"] == pol],
+            )["mae"]
+            for pol in sorted({r["policy"] for r in evals})
+        },
     }
 
 
@@ -130,12 +137,14 @@ def main() -> None:
             "acc w/o undo": r["outcome_accuracy_excluding_undo"],
             "FSR": r["false_success_rate"],
             "delta/tau": f"{r['delta']:.2f}/{r['tau']:.2f}",
+            **{f"MAE {pol}": m for pol, m in r["mae_per_policy"].items()},
             "model": a.model,
             "details": r,
         }
         for n, r in results.items()
     ]
     columns = ["perspectives", "VOC", "MAE", "Pearson", "acc", "acc w/o undo", "FSR", "delta/tau"]
+    columns += [k for k in rows[0] if k.startswith("MAE ")]
     report("grm_perspectives", rows, columns, a.out or str(root / "perspectives.json"))
 
 
