@@ -56,6 +56,9 @@ class GRMConfig:
             (``episode``, the default: every episode starts at progress 0 in its own scene)
             or from the context's reference start frame (``reference``).
         fusion_alpha: alpha of the consistency weight ``w = exp(-alpha * delta**2)``.
+        fusion_eps: epsilon of the relative disagreement
+            ``delta = |phi_B - phi_F| / (mean + eps)``; it keeps small absolute disagreements
+            near progress 0 from freezing the conservative update.
         success_delta: success when progress >= 1 - delta.
         num_stages: stage count of the task family (for stage read-outs), informational.
     """
@@ -77,6 +80,7 @@ class GRMConfig:
     perspectives: tuple[str, ...] = ALL_PERSPECTIVES
     forward_anchor: ForwardAnchor = ForwardAnchor.episode
     fusion_alpha: float = 2.0
+    fusion_eps: float = 1e-3
     success_delta: float = 0.05
     extra: dict = field(default_factory=dict)
 
@@ -104,6 +108,11 @@ class GRMConfig:
         if unknown or not self.perspectives:
             raise ValueError(
                 f"GRMConfig.perspectives {self.perspectives}: choose from {ALL_PERSPECTIVES}"
+            )
+        if self.fusion_alpha < 0 or self.fusion_eps <= 0:
+            raise ValueError(
+                f"GRMConfig: fusion_alpha={self.fusion_alpha} must be >= 0 and "
+                f"fusion_eps={self.fusion_eps} > 0"
             )
         for name in ("view_dropout", "context_dropout", "success_delta"):
             if not 0.0 <= getattr(self, name) < 1.0:

@@ -11,7 +11,7 @@ pass:
 * backward-anchored: hop from the reference goal frame, ``phi_B = 1 + H(goal, s)``.
 
 They are fused by their mean with the consistency weight ``w = exp(-alpha * D**2)``,
-``D = |phi_B - phi_F| / (mean + eps)``, and a conservative update
+``D = |phi_B - phi_F| / (mean + eps)`` (``fusion_eps``), and a conservative update
 ``phi_t = w * mean + (1 - w) * phi_{t-1}``: when the anchored views disagree the
 estimate moves little. The success probability is the backward hop distribution's
 mass within ``delta`` of the goal; the confidence is ``w``.
@@ -32,9 +32,6 @@ from models.base import (
     resolve_env_indices,
 )
 from models.grm.model import GRM
-
-EPS = 1e-3
-
 
 def apply_hop_t(phi: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """Progress reached from ``phi`` by hop ``h`` (torch version of ``labels.apply_hop``)."""
@@ -197,7 +194,7 @@ class GRMProgressModel:
         mean = torch.stack(list(est.values())).mean(0)
         if "forward" in est and "backward" in est:
             delta = (est["backward"] - est["forward"]).abs() / (
-                0.5 * (est["backward"] + est["forward"]) + EPS
+                0.5 * (est["backward"] + est["forward"]) + self.cfg.fusion_eps
             )
             w = torch.exp(-self.cfg.fusion_alpha * delta**2)
         else:

@@ -135,6 +135,25 @@ def test_incremental_chaining_follows_hops():
     np.testing.assert_allclose(phis, [0.2, 0.36, 0.488, 0.5904], atol=1e-4)
 
 
+
+@pytest.mark.parametrize("eps", [1e-3, 0.1])
+def test_consistency_weight_and_conservative_update(eps):
+    model = GRM(GRMConfig(**{**TINY, "fusion_eps": eps}))
+    with torch.no_grad():  # every hop +0.2: phi_F = 0.2, phi_B = 1 (a hop past the goal)
+        model.head[-1].weight.zero_()
+        model.head[-1].bias.fill_(-30.0)
+        model.head[-1].bias[6] = 30.0
+    pm = GRMProgressModel(model, perspectives=("forward", "backward"))
+    first = pm.reset([0], [TaskContext()], frames(1))
+    w = float(np.exp(-model.cfg.fusion_alpha * (0.8 / (0.6 + eps)) ** 2))
+    np.testing.assert_allclose(float(first.confidence), w, rtol=1e-4)
+    np.testing.assert_allclose(float(first.progress), 0.6, atol=1e-5)  # first frame: the mean
+    out = pm.predict(frames(1, seed=1))  # then the estimate moves w of the way to the mean
+    np.testing.assert_allclose(float(out.progress), 0.6, atol=1e-5)
+    pm._state[0]["phi"] = torch.zeros(())  # as if the previous estimate were 0
+    out = pm.predict(frames(1, seed=2))
+    np.testing.assert_allclose(float(out.progress), w * 0.6, atol=1e-5)
+
 def test_missing_view_is_masked_only_with_view_dropout():
     cfg = GRMConfig(**TINY)
     pm = GRMProgressModel(GRM(cfg))
@@ -173,6 +192,8 @@ def test_unreset_env_and_bad_config():
         GRMConfig(num_bins=10)
     with pytest.raises(ValueError, match="perspectives"):
         GRMConfig(perspectives=("sideways",))
+    with pytest.raises(ValueError, match="fusion_eps"):
+        GRMConfig(fusion_eps=0.0)
 
 
 def test_forward_perspective_hops_from_the_episodes_own_first_frame():
