@@ -26,6 +26,20 @@ ROLES = ("start", "goal", "before", "after")
 # Outcome classes as progress intervals [lo, hi) of the final frame (EVALUATION.md: partial
 # means at least 0.3 of the way without success). ``success`` starts at 1 - delta.
 PARTIAL_FROM = 0.3
+NOT_SUCCESS = "not-success"  # a final state known only not to be a success
+
+
+def final_state_outcome(outcome: str, success) -> str:
+    """The label a rollout's outcome gives its final frame.
+
+    EVALUATION.md's outcome is success at *any* step. A rollout that succeeded and then
+    lost it (an ``undo``: the drawer opened, then closed again) ends in a state that is not
+    a success, and all its labels say of that state is "not success". Where success holds
+    at the end (the arm moved away from a closed drawer), the final frame is a success.
+    """
+    if outcome == "success" and success is not None and len(success) and not bool(success[-1]):
+        return NOT_SUCCESS
+    return outcome
 
 
 def outcome_interval(outcome: str, delta: float, three_class: bool) -> tuple[float, float]:
@@ -37,7 +51,7 @@ def outcome_interval(outcome: str, delta: float, three_class: bool) -> tuple[flo
     """
     if outcome == "success":
         return 1.0 - delta, 2.0  # open above: a hop past the goal is clamped to progress 1
-    if not three_class:
+    if not three_class or outcome == NOT_SUCCESS:
         return 0.0, 1.0 - delta
     return (PARTIAL_FROM, 1.0 - delta) if outcome == "partial" else (0.0, PARTIAL_FROM)
 
@@ -236,7 +250,8 @@ class PairSampler:
             first_last = self._resize(ep.frames[[0, -1]][:, vidx])
             # A one-frame record (e.g. the refinement loop's terminal frame) has no start.
             first = first_last[0] if len(ep) > 1 else None
-            task.rollouts[index] = (first, first_last[1], ep.outcome, ep.task)
+            outcome = final_state_outcome(ep.outcome, ep.success)
+            task.rollouts[index] = (first, first_last[1], outcome, ep.task)
         return task.rollouts[index]
 
     def _resize(self, frames: np.ndarray) -> np.ndarray:

@@ -98,3 +98,25 @@ def test_outcome_only_stores_pool_with_their_env_and_keep_their_label_scheme(tmp
     collect(other, "random-freeze", 3, env="tabletop/push-v0")
     with pytest.raises(RoboError, match="no store among the training data has demonstrations"):
         PairSampler([demos], ("front",), seed=0, outcome_urls=[other])
+
+
+def test_an_undone_success_labels_its_final_frame_not_success(tmp_path):
+    from robo.reward.data import NOT_SUCCESS, final_state_outcome, outcome_interval
+
+    assert final_state_outcome("success", np.array([0, 1, 1], bool)) == "success"
+    assert final_state_outcome("success", np.array([0, 1, 0], bool)) == NOT_SUCCESS
+    assert final_state_outcome("partial", np.array([0, 0, 0], bool)) == "partial"
+    assert outcome_interval(NOT_SUCCESS, 0.05, True) == (0.0, 0.95)
+    out = str(tmp_path / "pp")
+    for policy in ("expert", "undo"):  # undo: placed, then carried back to the start
+        args = ["collect", "--env", "tabletop/pick-place-v0", "--episodes", "1", "--size", "24"]
+        assert main([*args, "--views", "front", "--policy", policy, "--out", out]) == 0
+    sampler = PairSampler([out], ("front",), seed=0)
+    task = sampler.tasks[0]
+    ep = task.store.episode(1)
+    assert ep.outcome == "success" and ep.success.any() and not ep.success[-1]
+    assert sampler._rollout_end(task, 1)[2] == NOT_SUCCESS
+    sampler.cfg.p_outcome = 1.0
+    batch = sampler.sample(2)
+    hi = batch["outcome_hi"].numpy()
+    np.testing.assert_allclose(hi[0::2], -0.05, atol=1e-6)  # backward rows: phi < 0.95
