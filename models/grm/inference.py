@@ -33,6 +33,7 @@ from models.base import (
 )
 from models.grm.model import GRM
 
+
 def apply_hop_t(phi: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """Progress reached from ``phi`` by hop ``h`` (torch version of ``labels.apply_hop``)."""
     return torch.where(h >= 0, phi + h * (1 - phi), phi + h * phi).clamp(0.0, 1.0)

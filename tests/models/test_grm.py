@@ -135,7 +135,6 @@ def test_incremental_chaining_follows_hops():
     np.testing.assert_allclose(phis, [0.2, 0.36, 0.488, 0.5904], atol=1e-4)
 
 
-
 @pytest.mark.parametrize("eps", [1e-3, 0.1])
 def test_consistency_weight_and_conservative_update(eps):
     model = GRM(GRMConfig(**{**TINY, "fusion_eps": eps}))
@@ -153,6 +152,7 @@ def test_consistency_weight_and_conservative_update(eps):
     pm._state[0]["phi"] = torch.zeros(())  # as if the previous estimate were 0
     out = pm.predict(frames(1, seed=2))
     np.testing.assert_allclose(float(out.progress), w * 0.6, atol=1e-5)
+
 
 def test_missing_view_is_masked_only_with_view_dropout():
     cfg = GRMConfig(**TINY)
