@@ -133,6 +133,13 @@ def build_data(env_id: str, root: Path, a) -> dict[str, Path]:
                 k = TRAIN_POLICIES.index(p)
                 n = a.train_rollouts + a.hard_rollouts - have
                 collect(env_id, paths["train"], n, p, 10_000 + 1000 * k + have, a.size)
+    if a.retreat_demos:
+        # demos that withdraw the arm after success (topped up like the hard rollouts)
+        st = EpisodeStore.open(str(paths["train"]))
+        have = sum(st.episode_meta(i).policy == "retreat" for i in range(len(st)))
+        if have < a.retreat_demos:
+            n = a.retreat_demos - have
+            collect(env_id, paths["train"], n, "retreat", 30_000 + have, a.size)
     if a.calib_rollouts and not paths["calib"].exists():
         for k, p in enumerate(TRAIN_POLICIES):
             collect(env_id, paths["calib"], a.calib_rollouts, p, 50_000 + 1000 * k, a.size)
@@ -257,7 +264,7 @@ def label_floor(store: Path) -> float:
     from robo.reward.data import demo_progress, is_training_demo
 
     st = EpisodeStore.open(str(store))
-    demos = [i for i in range(len(st)) if is_training_demo(st.episode_meta(i))]
+    demos = [i for i in range(len(st)) if is_training_demo(st.episode_meta(i), cloning=True)]
     stages = max(int(st.episode(i).stage.max()) for i in demos[:5]) + 1
     errors = []
     for i in demos:
@@ -304,6 +311,12 @@ def main() -> None:
         help="extra near-miss and random-freeze training rollouts per training task",
     )
     ap.add_argument("--recover_demos", type=int, default=5, help="tabletop tasks only")
+    ap.add_argument(
+        "--retreat_demos",
+        type=int,
+        default=0,
+        help="per training task: demos whose arm withdraws after success (policy retreat)",
+    )
     ap.add_argument(
         "--calib_rollouts",
         type=int,
@@ -494,6 +507,7 @@ def one_shot_args(a: argparse.Namespace) -> argparse.Namespace:
         "train_rollouts": 0,
         "hard_rollouts": 0,
         "recover_demos": 0,
+        "retreat_demos": 0,
         "calib_rollouts": 0,
     }
     return argparse.Namespace(**{**vars(a), **one_shot})

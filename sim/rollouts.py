@@ -19,6 +19,9 @@ Meta-World alike:
                     covers the states a learning policy fails in; the slip steps are
                     listed in ``extra["perturbed"]`` so that behaviour cloning skips them
 ``random-freeze``   temporally smoothed random actions for a while, then frozen
+``retreat``         the expert until success, then it lets go, lifts and returns the arm
+                    towards where it started, for as long as the task stays solved: a
+                    demonstration that "done" is a state of the objects, not of the arm
 ==================  ==========================================================================
 """
 
@@ -39,6 +42,7 @@ POLICY_NAMES = (
     "half",
     "random-freeze",
     "recover[:<n>]",
+    "retreat",
 )
 
 
@@ -241,6 +245,58 @@ class UndoRollout(ExpertRollout):
         return self._remember(self.replay.pop(0))
 
 
+class RetreatRollout(ExpertRollout):
+    """The expert to success, then the arm withdraws while the task stays solved.
+
+    After the first success the gripper opens (if it was closed) for a few steps, the hand
+    rises about 8 cm and then heads for where it started (plus a few centimetres of random
+    offset, so no two retreats are alike). It stops at home, after ``budget`` retreat steps,
+    or as soon as the environment no longer reports success (the frame where it was lost is
+    recorded; :func:`robo.reward.data.demo_end` trims it from training labels).
+    """
+
+    name = "retreat"
+    gain = 50.0  # action per metre of error (saturates at 2 cm; both suites move <= 1-2 cm/step)
+
+    def __init__(self, env, rng, budget: int = 80):
+        super().__init__(env, rng)
+        self.budget = budget
+
+    def reset(self) -> None:
+        super().reset()
+        self.home: np.ndarray | None = None
+        self.waypoints: list[np.ndarray] | None = None
+        self.release_left = 0
+        self.retreat_steps = 0
+
+    def _move(self, hand: np.ndarray, target: np.ndarray, grip: float) -> np.ndarray:
+        delta = np.clip((target - hand) * self.gain, -1.0, 1.0)
+        return self._remember(np.append(delta, grip).astype(np.float32))
+
+    def act(self, obs, info):
+        hand = np.asarray(obs[:3], np.float64)
+        if self.home is None:
+            self.home = hand + np.append(self.rng.normal(0.0, 0.03, 2), 0.0)
+        if self.waypoints is None:
+            if not info.get("success"):
+                return self._remember(self.expert.act(obs, info))
+            self.waypoints = [hand + np.array([0.0, 0.0, 0.08]), self.home]
+            self.release_left = 6 if self._grip > 0 else 0
+        elif not info.get("success") or self.retreat_steps >= self.budget:
+            self.done = True
+            return np.array([0, 0, 0, self._grip], np.float32)
+        self.retreat_steps += 1
+        if self.release_left > 0:
+            self.release_left -= 1
+            return self._move(hand, hand, -1.0)
+        while len(self.waypoints) > 1 and np.linalg.norm(self.waypoints[0] - hand) < 0.015:
+            self.waypoints.pop(0)
+        if np.linalg.norm(self.waypoints[0] - hand) < 0.015:
+            self.done = True
+            return np.array([0, 0, 0, -1.0], np.float32)
+        return self._move(hand, self.waypoints[0], -1.0)
+
+
 class HalfRollout(ExpertRollout):
     """The expert until about half the task is done, then frozen."""
 
@@ -330,6 +386,7 @@ def make_policy(spec: str, env, rng: np.random.Generator) -> RolloutPolicy:
         "undo": UndoRollout,
         "half": HalfRollout,
         "random-freeze": RandomFreezeRollout,
+        "retreat": RetreatRollout,
     }
     if spec not in table:
         raise SimError(f"unknown policy {spec!r}: choose from {', '.join(POLICY_NAMES)}")

@@ -117,12 +117,23 @@ class SamplerConfig:
     train_fraction: float = 1.0
 
 
-def is_training_demo(meta) -> bool:
-    """A successful demonstration: the expert's, or a recovery demo (``recover``). The GRM
-    trains on these as demonstrations and the RL warm start clones them."""
-    return meta.outcome == "success" and (
-        meta.policy == "expert" or meta.policy.startswith("recover")
-    )
+def is_training_demo(meta, cloning: bool = False) -> bool:
+    """A successful demonstration: the expert's, a recovery demo (``recover``) or, for the
+    GRM only (not ``cloning``), a ``retreat`` demo (the arm withdraws after success while
+    the task stays solved). The GRM trains on these as demonstrations; the RL warm start
+    clones the first two."""
+    policies = ("expert", "recover") if cloning else ("expert", "recover", "retreat")
+    return meta.outcome == "success" and meta.policy.partition(":")[0] in policies
+
+
+def demo_end(ep) -> int:
+    """How many leading frames of a demonstration carry labels: all of them, except that a
+    demo which reached success and later lost it (a ``retreat`` that knocked the object, or
+    a task that is a pose of the arm) ends with its last successful frame."""
+    success = np.asarray(ep.success, bool)
+    if not success.any() or success[-1]:
+        return len(success)
+    return int(len(success) - np.argmax(success[::-1]))
 
 
 def demo_progress(ep, num_stages: int) -> np.ndarray:
@@ -237,8 +248,9 @@ class PairSampler:
                 task.demos.pop(next(iter(task.demos)))
             ep = task.store.episode(index)
             vidx = [task.store.views.index(v) for v in self.views]
-            phi = demo_progress(ep, task.num_stages)
-            task.demos[index] = _Demo(self._resize(ep.frames[:, vidx]), phi, ep.task)
+            end = demo_end(ep)
+            phi = demo_progress(ep, task.num_stages)[:end]
+            task.demos[index] = _Demo(self._resize(ep.frames[:end, vidx]), phi, ep.task)
         return task.demos[index]
 
     def _rollout_end(self, task: _Task, index: int):

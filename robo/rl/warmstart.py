@@ -20,7 +20,11 @@ def load_demos(url: str, model) -> tuple[list, tuple]:
     from robo.store import EpisodeStore
 
     store = EpisodeStore.open(url)
-    demos = [store.episode(i) for i in range(len(store)) if is_training_demo(store.episode_meta(i))]
+    demos = [
+        store.episode(i)
+        for i in range(len(store))
+        if is_training_demo(store.episode_meta(i), cloning=True)
+    ]
     if not demos:
         raise RoboError(
             f"{url} has no successful expert demonstrations for the warm start: record some with "

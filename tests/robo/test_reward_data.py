@@ -120,3 +120,25 @@ def test_an_undone_success_labels_its_final_frame_not_success(tmp_path):
     batch = sampler.sample(2)
     hi = batch["outcome_hi"].numpy()
     np.testing.assert_allclose(hi[0::2], -0.05, atol=1e-6)  # backward rows: phi < 0.95
+
+
+def test_retreat_demos_are_grm_demonstrations_labelled_done_while_success_holds(tmp_path):
+    from robo.reward.data import demo_end, is_training_demo
+
+    out = str(tmp_path / "reach")
+    for policy in ("expert", "retreat"):
+        args = ["collect", "--env", "tabletop/reach-v0", "--episodes", "1", "--size", "24"]
+        assert main([*args, "--views", "front", "--policy", policy, "--out", out]) == 0
+    store = EpisodeStore.open(out)
+    meta = store.episode_meta(1)
+    assert meta.policy == "retreat" and is_training_demo(meta)
+    assert not is_training_demo(meta, cloning=True)  # the warm start clones no retreat
+    ep = store.episode(1)
+    assert not ep.success[-1]  # reaching is undone by withdrawing: the last frame is trimmed
+    end = demo_end(ep)
+    assert end == len(ep) - 1 and ep.success[end - 1]
+    assert demo_end(store.episode(0)) == len(store.episode(0))
+    sampler = PairSampler([out], ("front",), seed=0)
+    assert sampler.describe()[0]["demos"] == [0, 1]
+    demo = sampler._demo(sampler.tasks[0], 1)
+    assert len(demo.phi) == len(demo.frames) == end and demo.phi[-1] == 1.0

@@ -93,3 +93,16 @@ def test_bad_policy_specs():
         make_policy("recover:x", env, rng)
     with pytest.raises(SimError, match="1..5"):
         make_policy("recover:0", env, rng)
+
+
+def test_retreat_withdraws_the_arm_while_the_task_stays_solved():
+    r = rollout("tabletop/push-v0", "retreat", seed=0)
+    first = int(np.argmax(r.success))
+    assert r.outcome == "success" and len(r) > first + 5
+    assert r.success[first:].all(), "retreat stops as soon as success is lost"
+    assert np.linalg.norm(r.obs[-1, :3] - r.obs[first, :3]) > 0.1  # the hand went away
+    assert r.obs[first + 8, 2] > r.obs[first, 2]  # lifting first
+    # reaching is a pose of the arm: withdrawing undoes it, and the retreat stops there
+    r = rollout("tabletop/reach-v0", "retreat", seed=0)
+    first = int(np.argmax(r.success))
+    assert not r.success[-1] and r.success[first:-1].all()
