@@ -415,7 +415,8 @@ def view_indices(have: Sequence[str] | None, want: Sequence[str], num_views: int
 def task_context(
     model: ProgressModel, task: str, reference: Episode | None, views: Sequence[str] | None = None
 ) -> TaskContext:
-    """The context of one episode: its task text and the reference's first and last frames.
+    """The context of one episode: its task text and the reference's first and goal frames
+    (:attr:`robo.store.Episode.goal_index`: its last frame, for the expert's demos).
 
     Args:
         model: the model (for its views).
@@ -428,7 +429,7 @@ def task_context(
         return TaskContext(text=task)
     idx = view_indices(views, model.views, reference.num_views)
     return TaskContext(
-        text=task, start_frames=reference.frames[0, idx], goal_frames=reference.frames[-1, idx]
+        text=task, start_frames=reference.frames[0, idx], goal_frames=reference.frames[reference.goal_index, idx]
     )
 
 

@@ -75,7 +75,7 @@ def _context(cfg: RobotRunConfig, reward):
     store = EpisodeStore.open(url)
     ep = store.episode(int(idx))
     vidx = [store.views.index(v) for v in reward.views]
-    return TaskContext(ep.task, ep.frames[0][vidx], ep.frames[-1][vidx])
+    return TaskContext(ep.task, ep.frames[0][vidx], ep.frames[ep.goal_index][vidx])
 
 
 def _image_keys(robot) -> list[str]:

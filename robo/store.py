@@ -80,6 +80,10 @@ PROVENANCE_PACKAGES = (
     "zarr",
 )
 
+# Frames after the first success that a demonstration shows before it ends (the scripted
+# expert lingers 3 steps); the reference goal frame is taken there.
+GOAL_LINGER = 3
+
 
 class StoreError(ValueError):
     """A user-facing problem with an episode store or an episode (one-line message)."""
@@ -170,6 +174,16 @@ class Episode:
     def num_views(self) -> int:
         """Number of camera views ``V``."""
         return int(self.frames.shape[1])
+
+    @property
+    def goal_index(self) -> int:
+        """The frame that shows the task just done, for a reference goal: ``GOAL_LINGER``
+        frames after the first success (where the scripted expert's demos end), or the last
+        frame where success is never flagged (e.g. a demo labelled only by its outcome).
+        Demos that go on after success (``retreat``) keep the arm where the task was done."""
+        if not np.any(self.success):
+            return len(self) - 1
+        return min(len(self) - 1, int(np.argmax(self.success)) + GOAL_LINGER)
 
 
 @dataclass(frozen=True)

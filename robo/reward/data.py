@@ -70,6 +70,7 @@ class _Demo:
     frames: np.ndarray  # (T, V, H, W, 3)
     phi: np.ndarray  # (T,) step-wise progress labels
     task: str
+    goal: int  # the frame a context takes as the goal (Episode.goal_index)
 
 
 @dataclass
@@ -250,7 +251,8 @@ class PairSampler:
             vidx = [task.store.views.index(v) for v in self.views]
             end = demo_end(ep)
             phi = demo_progress(ep, task.num_stages)[:end]
-            task.demos[index] = _Demo(self._resize(ep.frames[:end, vidx]), phi, ep.task)
+            goal = min(ep.goal_index, end - 1)
+            task.demos[index] = _Demo(self._resize(ep.frames[:end, vidx]), phi, ep.task, goal)
         return task.demos[index]
 
     def _rollout_end(self, task: _Task, index: int):
@@ -319,7 +321,7 @@ class PairSampler:
                 if self.rng.random() < 0.5
                 else self._demo(task, int(self.rng.choice(others)))
             )
-        frames = [ref.frames[0], ref.frames[-1]]  # 0: start, 1: goal
+        frames = [ref.frames[0], ref.frames[ref.goal]]  # 0: start, 1: goal
         if self.own_start:
             frames.append(demo.frames[0])
         first = len(frames) - 1  # what forward-anchored pairs hop from (progress 0)
@@ -360,7 +362,7 @@ class PairSampler:
         first, last, outcome, text = self._rollout_end(src, ri)
         ref = self._pick_demo(task)[1]
         lo, hi = outcome_interval(outcome, self.success_delta, src.three_class)
-        frames = [ref.frames[0], ref.frames[-1], last]
+        frames = [ref.frames[0], ref.frames[ref.goal], last]
         rows, intervals = [(0, 1, 1, 2)], [(lo - 1.0, hi - 1.0)]  # backward: phi = 1 + H
         if self.own_start and first is not None:
             frames.append(first)

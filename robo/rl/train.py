@@ -387,7 +387,7 @@ def demo_context(cfg: RLConfig, model) -> TaskContext:
             idx = [store.views.index(v) for v in model.views] if model.views else []
             if not idx:
                 return TaskContext(ep.task)
-            return TaskContext(ep.task, ep.frames[0][idx], ep.frames[-1][idx])
+            return TaskContext(ep.task, ep.frames[0][idx], ep.frames[ep.goal_index][idx])
     raise RoboError(f"{cfg.demos} has no expert demonstration")
 
 

@@ -142,3 +142,18 @@ def test_retreat_demos_are_grm_demonstrations_labelled_done_while_success_holds(
     assert sampler.describe()[0]["demos"] == [0, 1]
     demo = sampler._demo(sampler.tasks[0], 1)
     assert len(demo.phi) == len(demo.frames) == end and demo.phi[-1] == 1.0
+    # the context's goal frame is where the task was just done, as in an expert's demo
+    expert = store.episode(0)
+    assert expert.goal_index == len(expert) - 1 == int(np.argmax(expert.success)) + 3
+    assert demo.goal == min(ep.goal_index, end - 1)
+
+
+def test_a_retreat_reference_goal_frame_keeps_the_arm_where_the_task_was_done(tmp_path):
+    out = str(tmp_path / "push")
+    args = ["collect", "--env", "tabletop/push-v0", "--episodes", "1", "--size", "24"]
+    assert main([*args, "--views", "front", "--policy", "retreat", "--out", out]) == 0
+    ep = EpisodeStore.open(out).episode(0)
+    first = int(np.argmax(ep.success))
+    assert ep.goal_index == first + 3 < len(ep) - 5
+    moved = np.abs(ep.frames[-1].astype(int) - ep.frames[ep.goal_index]).mean()
+    assert moved > 1.0  # the arm went home after the goal frame
