@@ -429,7 +429,9 @@ def task_context(
         return TaskContext(text=task)
     idx = view_indices(views, model.views, reference.num_views)
     return TaskContext(
-        text=task, start_frames=reference.frames[0, idx], goal_frames=reference.frames[reference.goal_index, idx]
+        text=task,
+        start_frames=reference.frames[0, idx],
+        goal_frames=reference.frames[reference.goal_index, idx],
     )
 
 

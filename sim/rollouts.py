@@ -22,6 +22,8 @@ Meta-World alike:
 ``retreat``         the expert until success, then it lets go, lifts and returns the arm
                     towards where it started, for as long as the task stays solved: a
                     demonstration that "done" is a state of the objects, not of the arm
+``give-up``         the expert until 30-80% of the task is done, then the same withdrawal:
+                    the matched failure of ``retreat`` (the arm home says nothing of success)
 ==================  ==========================================================================
 """
 
@@ -43,6 +45,7 @@ POLICY_NAMES = (
     "random-freeze",
     "recover[:<n>]",
     "retreat",
+    "give-up",
 )
 
 
@@ -273,16 +276,24 @@ class RetreatRollout(ExpertRollout):
         delta = np.clip((target - hand) * self.gain, -1.0, 1.0)
         return self._remember(np.append(delta, grip).astype(np.float32))
 
+    def _withdrawing(self, info) -> bool:
+        """Whether the withdrawal starts (or has started) at this step."""
+        return bool(info.get("success"))
+
+    def _keeps_going(self, info) -> bool:
+        """Whether the withdrawal may go on from this step."""
+        return bool(info.get("success"))
+
     def act(self, obs, info):
         hand = np.asarray(obs[:3], np.float64)
         if self.home is None:
             self.home = hand + np.append(self.rng.normal(0.0, 0.03, 2), 0.0)
         if self.waypoints is None:
-            if not info.get("success"):
+            if not self._withdrawing(info):
                 return self._remember(self.expert.act(obs, info))
             self.waypoints = [hand + np.array([0.0, 0.0, 0.08]), self.home]
             self.release_left = 6 if self._grip > 0 else 0
-        elif not info.get("success") or self.retreat_steps >= self.budget:
+        elif not self._keeps_going(info) or self.retreat_steps >= self.budget:
             self.done = True
             return np.array([0, 0, 0, self._grip], np.float32)
         self.retreat_steps += 1
@@ -295,6 +306,24 @@ class RetreatRollout(ExpertRollout):
             self.done = True
             return np.array([0, 0, 0, -1.0], np.float32)
         return self._move(hand, self.waypoints[0], -1.0)
+
+
+class GiveUpRollout(RetreatRollout):
+    """The expert until 30-80% of the task is done, then the same withdrawal as ``retreat``
+    (let go, lift, go home): a failure whose arm ends where a retreat's does, so that
+    "the arm went home" says nothing of the outcome (the matched negative of ``retreat``)."""
+
+    name = "give-up"
+
+    def reset(self) -> None:
+        super().reset()
+        self.stop_at = self.rng.uniform(0.3, 0.8)
+
+    def _withdrawing(self, info) -> bool:
+        return bool(info.get("success")) or info["privileged_progress"] >= self.stop_at
+
+    def _keeps_going(self, info) -> bool:
+        return True
 
 
 class HalfRollout(ExpertRollout):
@@ -387,6 +416,7 @@ def make_policy(spec: str, env, rng: np.random.Generator) -> RolloutPolicy:
         "half": HalfRollout,
         "random-freeze": RandomFreezeRollout,
         "retreat": RetreatRollout,
+        "give-up": GiveUpRollout,
     }
     if spec not in table:
         raise SimError(f"unknown policy {spec!r}: choose from {', '.join(POLICY_NAMES)}")

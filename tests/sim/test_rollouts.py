@@ -106,3 +106,12 @@ def test_retreat_withdraws_the_arm_while_the_task_stays_solved():
     r = rollout("tabletop/reach-v0", "retreat", seed=0)
     first = int(np.argmax(r.success))
     assert not r.success[-1] and r.success[first:-1].all()
+
+
+def test_give_up_withdraws_the_arm_mid_task_and_fails():
+    r = rollout("tabletop/push-v0", "give-up", seed=0)
+    assert r.outcome != "success" and not r.success.any()
+    p = r.privileged_progress
+    assert 0.25 <= p.max() < 1.0
+    z = r.obs[:, 2]
+    assert z[-1] > z[int(np.argmax(p))] + 0.03  # lifted and went home
