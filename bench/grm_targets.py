@@ -140,6 +140,13 @@ def build_data(env_id: str, root: Path, a) -> dict[str, Path]:
         if have < a.retreat_demos:
             n = a.retreat_demos - have
             collect(env_id, paths["train"], n, "retreat", 30_000 + have, a.size)
+    if a.giveup_rollouts:
+        # their matched failures: the same withdrawal from mid-task, labelled by outcome
+        st = EpisodeStore.open(str(paths["train"]))
+        have = sum(st.episode_meta(i).policy == "give-up" for i in range(len(st)))
+        if have < a.giveup_rollouts:
+            n = a.giveup_rollouts - have
+            collect(env_id, paths["train"], n, "give-up", 40_000 + have, a.size)
     if a.calib_rollouts and not paths["calib"].exists():
         for k, p in enumerate(TRAIN_POLICIES):
             collect(env_id, paths["calib"], a.calib_rollouts, p, 50_000 + 1000 * k, a.size)
@@ -316,6 +323,12 @@ def main() -> None:
         type=int,
         default=0,
         help="per training task: demos whose arm withdraws after success (policy retreat)",
+    )
+    ap.add_argument(
+        "--giveup_rollouts",
+        type=int,
+        default=0,
+        help="per training task: rollouts that withdraw the arm mid-task (policy give-up)",
     )
     ap.add_argument(
         "--calib_rollouts",
@@ -508,6 +521,7 @@ def one_shot_args(a: argparse.Namespace) -> argparse.Namespace:
         "hard_rollouts": 0,
         "recover_demos": 0,
         "retreat_demos": 0,
+        "giveup_rollouts": 0,
         "calib_rollouts": 0,
     }
     return argparse.Namespace(**{**vars(a), **one_shot})
