@@ -124,29 +124,20 @@ def build_data(env_id: str, root: Path, a) -> dict[str, Path]:
             # Recovery demos (dropped and grasped again) teach the fall back a stage; Meta-World's
             # scripted policies rarely recover, so only our own tasks get them.
             collect(env_id, paths["train"], a.recover_demos, "recover", 20_000, a.size)
-    if a.hard_rollouts and a.train_rollouts:
-        # topped up to train_rollouts + hard_rollouts each, continuing the policy's seeds
-        st = EpisodeStore.open(str(paths["train"]))
-        for p in HARD_POLICIES:
-            have = sum(st.episode_meta(i).policy == p for i in range(len(st)))
-            if have < a.train_rollouts + a.hard_rollouts:
-                k = TRAIN_POLICIES.index(p)
-                n = a.train_rollouts + a.hard_rollouts - have
-                collect(env_id, paths["train"], n, p, 10_000 + 1000 * k + have, a.size)
-    if a.retreat_demos:
-        # demos that withdraw the arm after success (topped up like the hard rollouts)
-        st = EpisodeStore.open(str(paths["train"]))
-        have = sum(st.episode_meta(i).policy == "retreat" for i in range(len(st)))
-        if have < a.retreat_demos:
-            n = a.retreat_demos - have
-            collect(env_id, paths["train"], n, "retreat", 30_000 + have, a.size)
-    if a.giveup_rollouts:
-        # their matched failures: the same withdrawal from mid-task, labelled by outcome
-        st = EpisodeStore.open(str(paths["train"]))
-        have = sum(st.episode_meta(i).policy == "give-up" for i in range(len(st)))
-        if have < a.giveup_rollouts:
-            n = a.giveup_rollouts - have
-            collect(env_id, paths["train"], n, "give-up", 40_000 + have, a.size)
+    # Topped up to a count per policy, continuing the policy's seeds: the hard rollouts (to
+    # train_rollouts + hard_rollouts), demos that withdraw the arm after success (retreat)
+    # and their matched failures, the same withdrawal from mid-task (give-up).
+    top_up = {
+        p: (a.train_rollouts + a.hard_rollouts, 10_000 + 1000 * TRAIN_POLICIES.index(p))
+        for p in (HARD_POLICIES if a.hard_rollouts and a.train_rollouts else ())
+    }
+    top_up["retreat"] = (a.retreat_demos, 30_000)
+    top_up["give-up"] = (a.giveup_rollouts, 40_000)
+    st = EpisodeStore.open(str(paths["train"]))
+    for p, (want, seed) in top_up.items():
+        have = sum(st.episode_meta(i).policy == p for i in range(len(st)))
+        if have < want:
+            collect(env_id, paths["train"], want - have, p, seed + have, a.size)
     if a.calib_rollouts and not paths["calib"].exists():
         for k, p in enumerate(TRAIN_POLICIES):
             collect(env_id, paths["calib"], a.calib_rollouts, p, 50_000 + 1000 * k, a.size)
