@@ -69,21 +69,33 @@ def make(env_id: str, **kwargs) -> gym.Env:
     return gym.make(env_id, **kwargs)
 
 
-def invariant_obs(env_id: str) -> tuple[int, ...] | None:
-    """Indices of the observation that a shift of the whole scene leaves unchanged, less the
-    tool's velocity (a cloned policy copies it), as the task declares them (``INVARIANT_OBS``
-    on its class), or ``None`` where it declares none."""
-    spec = gym.spec(env_id)
-    entry = spec.entry_point
+def _entry_class(env_id: str):
+    entry = gym.spec(env_id).entry_point
     if isinstance(entry, str):
         import importlib
 
         module, name = entry.split(":")
         entry = getattr(importlib.import_module(module), name)
-    keep = getattr(entry, "INVARIANT_OBS", None)
+    return entry
+
+
+def invariant_obs(env_id: str) -> tuple[int, ...] | None:
+    """Indices of the observation that a shift of the whole scene leaves unchanged, less the
+    tool's velocity (a cloned policy copies it), as the task declares them (``INVARIANT_OBS``
+    on its class), or ``None`` where it declares none. Indices past the observation's length
+    are the ``relative_obs`` differences, in their order."""
+    keep = getattr(_entry_class(env_id), "INVARIANT_OBS", None)
     return None if keep is None else tuple(int(i) for i in keep)
+
+
+def relative_obs(env_id: str) -> tuple[tuple[int, int], ...]:
+    """Pairs ``(a, b)`` of observation indices whose difference ``obs[a] - obs[b]`` (a relative
+    position) policies see after the observation, as the task declares them (``RELATIVE_OBS``
+    on its class; none where the observation holds its relative positions itself)."""
+    pairs = getattr(_entry_class(env_id), "RELATIVE_OBS", ())
+    return tuple((int(a), int(b)) for a, b in pairs)
 
 
 _register()
 
-__all__ = ["SimError", "make", "list_envs", "invariant_obs", "TABLETOP_TASKS"]
+__all__ = ["SimError", "make", "list_envs", "invariant_obs", "relative_obs", "TABLETOP_TASKS"]

@@ -517,6 +517,22 @@ class MetaWorldExpert:
 
 # ---------------------------------------------------------------------------- environment
 
+# Relative positions a policy sees (``sim.relative_obs``): pairs ``(a, b)`` of observation
+# indices whose difference ``obs[a] - obs[b]`` follows the observation as extra features:
+# first object - hand (39:42), second object - hand (42:45), goal - hand (45:48) and goal -
+# first object (48:51). The hand always starts at the same place while the objects and goals
+# move with the scene, so a policy cloned from a few demos must read "where the handle is
+# from the hand", which the absolute positions give it only by extrapolation (drawer-open,
+# one demo: the clone failed wherever the handle lay more than 10 cm from the demo's).
+RELATIVE_OBS = tuple(
+    (a + k, b + k) for a, b in ((4, 0), (11, 0), (36, 0), (36, 4)) for k in range(3)
+)
+# The part of that (observation, then the relative positions) a shift of the scene leaves
+# unchanged: heights, the gripper opening, object orientations and the relative positions.
+# Left out: absolute table positions and the previous frame's copy (18:36), from which a
+# cloned policy reads its own velocity and continues whatever it was doing.
+INVARIANT_OBS = (2, 3, 6, 7, 8, 9, 10, 13, 14, 15, 16, 17, *range(39, 51))
+
 
 class MetaWorldEnv(gym.Env):
     """A Meta-World v3 task with the :mod:`sim.base` contract.
@@ -555,6 +571,8 @@ class MetaWorldEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 80}
+    RELATIVE_OBS = RELATIVE_OBS
+    INVARIANT_OBS = INVARIANT_OBS
 
     def __init__(
         self,

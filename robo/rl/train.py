@@ -458,6 +458,14 @@ def policy_obs_indices(cfg: RLConfig) -> list[int] | None:
     return None if keep is None else list(keep)
 
 
+def policy_obs_relative(cfg: RLConfig) -> tuple[tuple[int, int], ...]:
+    """The relative positions the networks see after the observation (``sim.relative_obs``;
+    none under ``--policy_obs all``)."""
+    import sim
+
+    return () if cfg.policy_obs is PolicyObs.all else sim.relative_obs(cfg.env)
+
+
 def flip_dims(cfg: RLConfig, action_space) -> tuple[int, ...]:
     """Indices of ``--flip_dim`` in every step of a decision's (possibly chunked) action."""
     per_step = int(action_space.shape[0]) // cfg.action_chunk
@@ -504,7 +512,9 @@ def build(cfg: RLConfig, demos: tuple | None = None):
             scenes = None
             if cfg.obs_norm_scenes:
                 scenes = scene_states(make_env_fn(cfg, _NoModel(), 0), cfg.obs_norm_scenes)
-            policy_kwargs = obs_norm_kwargs(episodes, policy_obs_indices(cfg), scenes)
+            policy_kwargs = obs_norm_kwargs(
+                episodes, policy_obs_indices(cfg), scenes, policy_obs_relative(cfg)
+            )
     common = dict(
         seed=cfg.seed, verbose=0, tensorboard_log=str(cfg.out_dir / "tb"), gamma=shaping.gamma
     )

@@ -35,7 +35,9 @@ def load_demos(url: str, model) -> tuple[list, tuple]:
 
 class ObsNormalizer(BaseFeaturesExtractor):
     """Fixed affine normalisation of flat observations, ``clip((x - mean) / std)``, optionally
-    of a subset of them (``keep``: the indices the networks see, in order).
+    of a subset of them (``keep``: the indices the networks see, in order), after appending
+    relative positions ``obs[a] - obs[b]`` for the pairs in ``relative`` (``keep`` indices past
+    the observation's length pick those, in order; see ``sim.relative_obs``).
 
     The statistics come from the demonstrations and are buffers of the policy (saved and
     loaded with it). Raw state observations mix units and scales (positions in metres,
@@ -45,26 +47,37 @@ class ObsNormalizer(BaseFeaturesExtractor):
     normalised). Clipping keeps states far outside the demonstrations' range bounded.
     """
 
-    def __init__(self, observation_space, mean, std, clip: float = 5.0, keep=None):
+    def __init__(self, observation_space, mean, std, clip: float = 5.0, keep=None, relative=None):
         n_obs = int(np.prod(observation_space.shape))
-        keep = list(range(n_obs)) if keep is None else [int(i) for i in keep]
-        if not keep or min(keep) < 0 or max(keep) >= n_obs or len(set(keep)) != len(keep):
+        relative = [(int(a), int(b)) for a, b in (relative or ())]
+        if any(not (0 <= i < n_obs) for pair in relative for i in pair):
             raise RoboError(
-                f"observation indices {keep} must be distinct and lie in 0..{n_obs - 1} "
+                f"relative observation pairs {relative} must index 0..{n_obs - 1} "
+                "(check the env's RELATIVE_OBS against its observation)"
+            )
+        n_ext = n_obs + len(relative)
+        keep = list(range(n_ext)) if keep is None else [int(i) for i in keep]
+        if not keep or min(keep) < 0 or max(keep) >= n_ext or len(set(keep)) != len(keep):
+            raise RoboError(
+                f"observation indices {keep} must be distinct and lie in 0..{n_ext - 1} "
                 "(check --policy_obs against the env's observation)"
             )
         super().__init__(observation_space, len(keep))
         mean = np.asarray(mean, np.float32).reshape(-1)
         std = np.asarray(std, np.float32).reshape(-1)
-        if mean.shape != (n_obs,) or std.shape != mean.shape or np.any(std <= 0):
+        if mean.shape != (n_ext,) or std.shape != mean.shape or np.any(std <= 0):
             raise RoboError(
                 f"observation statistics of shape {mean.shape}/{std.shape} do not fit observations "
-                f"of {n_obs} values (or a std is not positive)"
+                f"of {n_obs} values and {len(relative)} relative positions (or a std is not "
+                "positive)"
             )
         self.register_buffer("mean", torch.as_tensor(mean))
         self.register_buffer("std", torch.as_tensor(std))
-        # rebuilt from the saved kwargs on load, so policies saved before it existed still load
+        # rebuilt from the saved kwargs on load, so policies saved before they existed still load
         self.register_buffer("keep", torch.as_tensor(keep, dtype=torch.long), persistent=False)
+        pairs = torch.as_tensor(relative, dtype=torch.long).reshape(-1, 2)
+        self.register_buffer("rel_a", pairs[:, 0].clone(), persistent=False)
+        self.register_buffer("rel_b", pairs[:, 1].clone(), persistent=False)
         self.clip = float(clip)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -74,7 +87,10 @@ class ObsNormalizer(BaseFeaturesExtractor):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
-        x = (observations.flatten(1).float() - self.mean) / self.std
+        x = observations.flatten(1).float()
+        if len(self.rel_a):
+            x = torch.cat([x, x[:, self.rel_a] - x[:, self.rel_b]], 1)
+        x = (x - self.mean) / self.std
         return x.clamp(-self.clip, self.clip)[:, self.keep]
 
 
@@ -127,12 +143,40 @@ def scene_states(make_env, n: int = 64, seed: int = 10_000_000) -> np.ndarray:
         env.close()
 
 
-def obs_norm_kwargs(demos: list, keep=None, scenes: np.ndarray | None = None) -> dict:
+def extend_obs(states: np.ndarray, relative=()) -> np.ndarray:
+    """Flat observations (``(N, ...)``) followed by the relative positions ``obs[a] - obs[b]``
+    of the pairs in ``relative``, as ``ObsNormalizer`` sees them."""
+    states = np.asarray(states, np.float64).reshape(len(states), -1)
+    if not relative:
+        return states
+    a, b = np.asarray(relative, int).T
+    return np.concatenate([states, states[:, a] - states[:, b]], 1)
+
+
+def obs_norm_kwargs(demos: list, keep=None, scenes: np.ndarray | None = None, relative=()) -> dict:
     """``policy_kwargs`` that put an ``ObsNormalizer`` fitted to ``demos`` (and ``scenes``, see
     ``observation_stats``) in front of every network (``keep``: the observation indices the
-    networks see; ``None``: all)."""
-    mean, std = observation_stats(np.concatenate([ep.states for ep in demos]), scenes=scenes)
+    networks see; ``None``: all; ``relative``: pairs of indices whose differences follow the
+    observation).
+
+    A relative position whose first index is zero in every demonstration and scene state is
+    left out of ``keep``: that is an object slot the task does not use, and "slot - hand"
+    would be the hand's absolute position."""
+    states = np.concatenate([ep.states for ep in demos])
+    ext = extend_obs(states, relative)
+    mean, std = observation_stats(
+        ext, scenes=None if scenes is None else extend_obs(scenes, relative)
+    )
     kwargs = {"mean": mean, "std": std}
+    if relative:
+        kwargs["relative"] = [list(p) for p in relative]
+        if keep is not None:
+            seen = np.abs(extend_obs(states)).max(0)
+            if scenes is not None:
+                seen = np.maximum(seen, np.abs(extend_obs(scenes)).max(0))
+            n_obs = states.reshape(len(states), -1).shape[1]
+            unused = {n_obs + k for k, (a, _) in enumerate(relative) if seen[a] == 0}
+            keep = [i for i in keep if i not in unused]
     if keep is not None:
         kwargs["keep"] = list(keep)  # ObsNormalizer checks and converts them
     return {"features_extractor_class": ObsNormalizer, "features_extractor_kwargs": kwargs}

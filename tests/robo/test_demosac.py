@@ -454,6 +454,44 @@ def test_normaliser_can_select_the_inputs_the_networks_see():
     np.testing.assert_allclose(fresh(x).numpy(), [[1.0, 1.0, 2.0]])
 
 
+def test_normaliser_appends_relative_positions_and_drops_unused_object_slots():
+    """Relative positions obs[a] - obs[b] follow the observation; keep indices past its
+    length pick them; a pair whose object slot is zero in every demo and scene is not seen
+    (it would be the hand's absolute position)."""
+    from types import SimpleNamespace
+
+    from robo.errors import RoboError
+    from robo.rl.warmstart import ObsNormalizer, extend_obs, obs_norm_kwargs
+
+    space = gym.spaces.Box(-10, 10, (4,), np.float32)
+    rel = [(1, 0), (3, 0)]
+    std = [1.0, 1.0, 1.0, 1.0, 2.0, 1.0]
+    norm = ObsNormalizer(space, [0.0] * 6, std, keep=[2, 4], relative=rel)
+    x = torch.tensor([[1.0, 5.0, 4.0, 0.0]])
+    np.testing.assert_allclose(norm(x).numpy(), [[4.0, 2.0]])  # (5 - 1) / 2
+    np.testing.assert_allclose(extend_obs(x.numpy(), rel), [[1.0, 5.0, 4.0, 0.0, 4.0, -1.0]])
+    with pytest.raises(RoboError, match="relative observation pairs"):
+        ObsNormalizer(space, [0.0] * 5, [1.0] * 5, relative=[(4, 0)])
+    with pytest.raises(RoboError, match="2 relative positions"):
+        ObsNormalizer(space, [0.0] * 4, [1.0] * 4, relative=rel)
+    rng = np.random.default_rng(0)
+    states = rng.normal(size=(20, 4))
+    states[:, 3] = 0.0  # an object slot the task does not use
+    scenes = rng.normal(size=(8, 4))
+    scenes[:, 3] = 0.0
+    kw = obs_norm_kwargs([SimpleNamespace(states=states)], [2, 4, 5], scenes, rel)
+    fe = kw["features_extractor_kwargs"]
+    assert fe["keep"] == [2, 4] and fe["relative"] == [[1, 0], [3, 0]]
+    assert len(fe["mean"]) == 6
+    # the relative features' statistics are those of the differences
+    ext = extend_obs(np.concatenate([states]), rel)
+    assert fe["mean"][4] == pytest.approx(ext[:, 4].mean(), abs=0.5)
+    # the same slot in use: its relative position stays
+    states[:, 3] = rng.normal(size=20)
+    kw = obs_norm_kwargs([SimpleNamespace(states=states)], [2, 4, 5], scenes, rel)
+    assert kw["features_extractor_kwargs"]["keep"] == [2, 4, 5]
+
+
 def test_self_imitation_rows_join_the_bc_term(algo):
     """The policy's own successes are cloned beside the demos: in states the demos never
     show (x in [1.5, 2]) the actor follows the successful episodes' action, not the demos'

@@ -89,8 +89,22 @@ def test_invariant_observation_part_leaves_out_table_positions_and_velocity(env_
     assert np.abs(moving[3:6]).max() > 1e-3
 
 
-def test_metaworld_declares_no_invariant_part():
-    assert sim.invariant_obs(next(e for e in sim.list_envs() if e.startswith("metaworld/"))) is None
+def test_metaworld_declares_relative_positions_and_an_invariant_part():
+    """Meta-World's policies see heights, the gripper, orientations and the relative positions
+    (object - hand, goal - hand, goal - object), never an absolute table position or the
+    previous frame's copy (the hand's velocity)."""
+    env_id = "metaworld/drawer-open-v3"
+    rel = sim.relative_obs(env_id)
+    keep = sim.invariant_obs(env_id)
+    assert len(rel) == 12 and all(0 <= i < 39 for pair in rel for i in pair)
+    assert set(range(39, 39 + len(rel))) <= set(keep) <= set(range(39 + len(rel)))
+    assert not {0, 1, 4, 5, 11, 12, 36, 37, *range(18, 36)} & set(keep)
+    env = sim.make(env_id)
+    obs, _ = env.reset(seed=3)
+    a, b = np.asarray(rel).T
+    handle_from_hand = (obs[a] - obs[b])[:3]
+    np.testing.assert_allclose(handle_from_hand, obs[4:7] - obs[0:3])
+    assert sim.relative_obs("tabletop/push-v0") == ()  # its observation holds them itself
 
 
 def test_multi_stage_tasks_exist():
