@@ -41,6 +41,7 @@ from robo.shaping import ShapingConfig, ShapingMode, SuccessSource, make_reward_
 class Algo(StrEnum):
     sac = "sac"
     ppo = "ppo"
+    awr = "awr"  # critic-free advantage-weighted regression (robo.rl.awr)
 
 
 class PolicyObs(StrEnum):
@@ -136,6 +137,13 @@ class RLConfig:
     # SAC with --actor_update awac: standardise the advantages over each batch (--awac_beta is
     # then in units of their spread; a potential's per-step changes are small against 0.1).
     awac_normalize: bool = False
+    # AWR: training episodes collected between refits of the actor.
+    awr_episodes: int = 10
+    # AWR: minibatches of --batch_size per refit (drawn in proportion to the weights).
+    awr_fit_steps: int = 3000
+    # AWR: temperature of the weights exp(G / beta) on positive Monte Carlo returns G (clipped
+    # at 20; sparse and pbrs returns lie within [-1, 2]).
+    awr_beta: float = 0.1
     # SAC: n-step returns in the TD target (replay and demonstrations; 1: SAC's one-step).
     n_step: int = 1
     # actions per decision: the policy outputs the next k actions and the env runs them
@@ -230,6 +238,13 @@ class RLConfig:
 
     def validate(self) -> None:
         """Checks that depend on the combination of reward and shaping (run before training)."""
+        if self.algo is Algo.awr:
+            if self.awr_episodes < 1 or self.awr_fit_steps < 1 or self.awr_beta <= 0:
+                raise RoboError(
+                    "--awr_episodes and --awr_fit_steps must be at least 1 and --awr_beta positive"
+                )
+            if self.action_chunk > 1:
+                raise RoboError("--algo awr takes one action per decision: drop --action_chunk")
         if self.policy_obs is PolicyObs.invariant and not (self.demos and self.obs_norm):
             raise RoboError(
                 "--policy_obs invariant selects inputs inside the observation normaliser: it "
@@ -549,6 +564,21 @@ def build(cfg: RLConfig, demos: tuple | None = None):
         if deferred:
             venv.reward_sink = algo.replay_buffer.fill
             algo.replay_buffer.on_starved = venv.flush
+    elif cfg.algo is Algo.awr:
+        from robo.rl.awr import AWR
+
+        algo = AWR(
+            "MlpPolicy",
+            venv,
+            learning_starts=0,
+            train_freq=(cfg.awr_episodes, "episode"),
+            gradient_steps=cfg.awr_fit_steps,
+            batch_size=cfg.batch_size,
+            awr_beta=cfg.awr_beta,
+            awr_std=cfg.bc_std,
+            policy_kwargs=policy_kwargs,
+            **common,
+        )
     else:
         algo = PPO(
             "MlpPolicy",
@@ -626,6 +656,7 @@ def train(cfg: RLConfig, progress_bar: bool = True) -> dict:
         "hacking_watch": eval_cb.watch_summary(),
         "refinement": refine_cb.history if refine_cb is not None else None,
         "refinement_false_success": refine_cb.before_after() if refine_cb is not None else None,
+        "awr_fits": getattr(algo, "awr_history", None),
         "self_imitation": (
             {"episodes": self_imitation.episodes, "transitions": self_imitation.transitions}
             if self_imitation is not None

@@ -313,6 +313,23 @@ def demo_transitions(demos, views, model, ctx, cfg) -> dict:
     return {k: np.concatenate(v) for k, v in rows.items()}
 
 
+def demo_returns(demos, views, model, ctx, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(obs, action, Monte Carlo return) of the demos' cloned transitions, rewarded by the
+    run's shaping (one-step rewards summed to each episode's end, for AWR)."""
+    from robo.rl.awr import mc_returns
+
+    obs, act, ret = [], [], []
+    for ep in demos:
+        tr = demo_transitions([ep], views, model, ctx, cfg)
+        ends = np.zeros(len(tr["rew"]), bool)
+        ends[-1] = True
+        clone = tr["clone"]
+        obs.append(tr["obs"][clone])
+        act.append(tr["act"][clone])
+        ret.append(mc_returns(tr["rew"], ends, cfg.shaping.gamma)[clone])
+    return np.concatenate(obs), np.concatenate(act), np.concatenate(ret)
+
+
 def _chunk_rows(ep, phi: np.ndarray, cfg, k: int) -> dict:
     """One demo's transitions as action chunks (``robo.rl.chunking``): from every step t,
     the next ``k`` actions, rewarded as the chunked env rewards them (shaping with
@@ -402,7 +419,10 @@ def warm_start(cfg, algo, model, ctx, demos: tuple | None = None) -> dict:
         "cloned_transitions": int(clone.sum()),
         "bc_loss": round(loss, 5),
     }
-    if hasattr(algo, "set_demos"):  # DemoSAC: demos mixed into every batch, critic pre-trained
+    if hasattr(algo, "set_demo_returns"):  # AWR: the demos join every refit, no critic
+        algo.set_demo_returns(*demo_returns(demos, views, model, ctx, cfg))
+        info["demo_transitions_in_fits"] = len(tr["obs"])
+    elif hasattr(algo, "set_demos"):  # DemoSAC: demos mixed into every batch, critic pre-trained
         algo.set_demos(tr)
         if cfg.target_entropy == "bc":
             algo.target_entropy = cloned_entropy(algo, tr["obs"])
