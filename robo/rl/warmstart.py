@@ -162,21 +162,23 @@ def obs_norm_kwargs(demos: list, keep=None, scenes: np.ndarray | None = None, re
     A relative position whose first index is zero in every demonstration and scene state is
     left out of ``keep``: that is an object slot the task does not use, and "slot - hand"
     would be the hand's absolute position."""
-    states = np.concatenate([ep.states for ep in demos])
-    ext = extend_obs(states, relative)
+    states = extend_obs(np.concatenate([ep.states for ep in demos]))
+    everything = states if scenes is None else np.concatenate([states, extend_obs(scenes)])
     mean, std = observation_stats(
-        ext, scenes=None if scenes is None else extend_obs(scenes, relative)
+        extend_obs(states, relative),
+        scenes=None if scenes is None else extend_obs(scenes, relative),
     )
     kwargs = {"mean": mean, "std": std}
     if relative:
         kwargs["relative"] = [list(p) for p in relative]
         if keep is not None:
-            seen = np.abs(extend_obs(states)).max(0)
-            if scenes is not None:
-                seen = np.maximum(seen, np.abs(extend_obs(scenes)).max(0))
-            n_obs = states.reshape(len(states), -1).shape[1]
-            unused = {n_obs + k for k, (a, _) in enumerate(relative) if seen[a] == 0}
-            keep = [i for i in keep if i not in unused]
+            n_obs = states.shape[1]
+            used = np.abs(everything).max(0) > 0
+            keep = [
+                i
+                for i in keep
+                if not 0 <= i - n_obs < len(relative) or used[relative[i - n_obs][0]]
+            ]  # indices out of range stay, for ObsNormalizer's error
     if keep is not None:
         kwargs["keep"] = list(keep)  # ObsNormalizer checks and converts them
     return {"features_extractor_class": ObsNormalizer, "features_extractor_kwargs": kwargs}
