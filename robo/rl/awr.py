@@ -24,6 +24,7 @@ import numpy as np
 import torch as th
 
 from robo.rl.demosac import DemoSAC
+from robo.rl.warmstart import clone_loss
 
 
 def mc_returns(rew: np.ndarray, ends: np.ndarray, gamma: float) -> np.ndarray:
@@ -119,13 +120,10 @@ class AWR(DemoSAC):
         obs = th.as_tensor(data["obs"], device=self.device)
         act = th.as_tensor(data["act"], device=self.device).clamp(-0.999, 0.999)
         prob = th.as_tensor(w / w.sum(), device=self.device)
-        log_std_target = float(np.log(self.awr_std))
         loss = th.zeros(())
         for _ in range(gradient_steps):
             idx = th.multinomial(prob, batch_size, replacement=True)
-            mean, log_std, _ = self.actor.get_action_dist_params(obs[idx])
-            loss = ((th.tanh(mean) - act[idx]) ** 2).mean()
-            total = loss + 0.1 * ((log_std - log_std_target) ** 2).mean()
+            loss, total = clone_loss(self.actor, obs[idx], act[idx], self.awr_std)
             opt.zero_grad()
             total.backward()
             opt.step()

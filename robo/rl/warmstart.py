@@ -205,6 +205,15 @@ def clone_mask(ep) -> np.ndarray:
     return mask
 
 
+def clone_loss(actor, obs: torch.Tensor, act: torch.Tensor, std: float):
+    """A SAC actor's cloning loss on a batch: ``(mse, total)``, the squared error of its
+    deterministic action ``tanh(mean)`` to ``act`` and that plus its log-std regressed to
+    ``log(std)`` (the exploration noise cloning leaves it with)."""
+    mean, log_std, _ = actor.get_action_dist_params(obs)
+    mse = ((torch.tanh(mean) - act) ** 2).mean()
+    return mse, mse + 0.1 * ((log_std - float(np.log(std))) ** 2).mean()
+
+
 def behaviour_clone(
     policy,
     obs: np.ndarray,
@@ -234,9 +243,7 @@ def behaviour_clone(
     for _ in range(epochs):
         for idx in torch.randperm(len(o)).split(batch):
             if fit_std:
-                mean, log_std, _ = actor.get_action_dist_params(o[idx])
-                loss = ((torch.tanh(mean) - a[idx]) ** 2).mean()
-                total = loss + 0.1 * ((log_std - float(np.log(std))) ** 2).mean()
+                loss, total = clone_loss(actor, o[idx], a[idx], std)
             else:
                 loss = total = ((policy._predict(o[idx], deterministic=True) - a[idx]) ** 2).mean()
             opt.zero_grad()
