@@ -78,9 +78,21 @@ class SuccessEvalCallback(BaseCallback):
     """Every ``every`` env steps: success rate of the deterministic policy on ``episodes``
     fixed-seed episodes; plus, from the training episodes' reward terms, how often the
     model's success detection fired on episodes the env judged failed (false successes) and
-    how far the model's progress was from privileged progress (the reward-hacking watch)."""
+    how far the model's progress was from privileged progress (the reward-hacking watch).
 
-    def __init__(self, make_env, every: int, episodes: int, out: Path, seed: int = 0):
+    With ``best_path``, the policy of the best evaluation so far (the first of equals, the
+    warm start's included) is saved there: success under RL can swing between
+    evaluations, and a robot should run the policy that was measured best, not the last."""
+
+    def __init__(
+        self,
+        make_env,
+        every: int,
+        episodes: int,
+        out: Path,
+        seed: int = 0,
+        best_path: Path | None = None,
+    ):
         super().__init__()
         self.make_env, self.every, self.episodes, self.out, self.seed = (
             make_env,
@@ -90,6 +102,8 @@ class SuccessEvalCallback(BaseCallback):
             seed,
         )
         self.history: list[dict] = []
+        self.best_path = best_path
+        self.best: dict | None = None  # step, train_episodes and success_rate of the best
         self.train_episodes = 0
         self._next = every
         self._ep: dict[int, dict] = {}
@@ -114,6 +128,11 @@ class SuccessEvalCallback(BaseCallback):
         }
         self.history.append(row)
         self.out.write_text(json.dumps(self.history, indent=2))
+        if self.best_path is not None and (
+            self.best is None or row["success_rate"] > self.best["success_rate"]
+        ):
+            model.save(self.best_path)
+            self.best = {k: row[k] for k in ("step", "train_episodes", "success_rate")}
         if getattr(self, "model", None) is not None and step:
             self.logger.record("eval/success_rate", row["success_rate"])
             self.logger.record("watch/false_success_rate", row["false_success_rate"])

@@ -20,7 +20,8 @@ while the learner takes its gradient steps (``--deferred_reward``, see
 steps, evaluation cadence and actor delay then count decisions.
 
 Writes ``<out>/`` : TensorBoard logs, checkpoints, ``eval.json`` (success rate every
-``eval_every`` steps, 20 deterministic episodes) and the final policy.
+``eval_every`` steps, 20 deterministic episodes), the final policy and ``best_policy.zip``
+(the policy of the best evaluation, the warm start included).
 """
 
 from __future__ import annotations
@@ -613,6 +614,7 @@ def train(cfg: RLConfig, progress_bar: bool = True) -> dict:
         cfg.eval_episodes,
         out / "eval.json",
         seed=cfg.seed + 777,
+        best_path=out / "best_policy",
     )
     eval_cb.evaluate_now(algo, step=0)  # the warm-started policy's success before RL
     ckpt = CheckpointCallback(
@@ -652,6 +654,7 @@ def train(cfg: RLConfig, progress_bar: bool = True) -> dict:
         "config": json.loads(json.dumps(asdict(cfg), default=str)),
         "warm_start": warm,
         "evaluations": eval_cb.history,
+        "best": eval_cb.best,
         "wall_time_s": round(time.time() - t0, 1),
         "hacking_watch": eval_cb.watch_summary(),
         "refinement": refine_cb.history if refine_cb is not None else None,
@@ -666,7 +669,10 @@ def train(cfg: RLConfig, progress_bar: bool = True) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     venv.close()
     last = eval_cb.history[-1]["success_rate"] if eval_cb.history else float("nan")
+    best = eval_cb.best or {"success_rate": float("nan"), "step": 0}
     print(
-        f"{cfg.env} {cfg.shaping.mode.value}: success {last:.2f} after {cfg.steps} steps; report {out}/"
+        f"{cfg.env} {cfg.shaping.mode.value}: success {last:.2f} after {cfg.steps} steps "
+        f"(best {best['success_rate']:.2f} at step {best['step']}, best_policy.zip); "
+        f"report {out}/"
     )
     return summary

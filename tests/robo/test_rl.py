@@ -141,6 +141,11 @@ def test_sac_pbrs_with_warm_start(demos_and_model, tmp_path):
     assert "false_success_rate" in summary["hacking_watch"]
     assert set(summary["self_imitation"]) == {"episodes", "transitions"}
     assert (out / "final_policy.zip").is_file()
+    # the best evaluation's policy is kept (the first of equals, the warm start included)
+    rates = [e["success_rate"] for e in summary["evaluations"]]
+    best = summary["evaluations"][int(np.argmax(rates))]
+    assert summary["best"] == {k: best[k] for k in ("step", "train_episodes", "success_rate")}
+    assert DemoSAC.load(out / "best_policy").num_timesteps == best["step"]
 
 
 def test_ppo_sparse_without_a_model(tmp_path):
