@@ -168,6 +168,24 @@ def predict_outcome(
     return np.where(phi >= 1.0 - delta, "success", np.where(phi < tau, "failure", "partial"))
 
 
+def predict_outcome_any_step(
+    progress, delta: float = DEFAULT_DELTA, tau: float = DEFAULT_TAU
+) -> str:
+    """Outcome called the way the outcome itself is defined: success if Φ ≥ 1 − δ at any
+    step (the detection the RL reward wrapper fires, which ends the episode there), else
+    failure or partial from the final Φ as in :func:`predict_outcome`.
+
+    Args:
+        progress: predicted Φ of one rollout, ``(T,)``.
+        delta: success margin δ.
+        tau: failure threshold τ.
+    """
+    phi = np.asarray(progress, np.float64)
+    if phi.size and float(phi.max()) >= 1.0 - delta:
+        return "success"
+    return str(predict_outcome(phi[-1], delta, tau))
+
+
 def confusion_matrix(true_outcomes, pred_outcomes, labels: Sequence[str] = OUTCOMES) -> np.ndarray:
     """Counts ``(len(labels), len(labels))``: rows the true outcome, columns the predicted one."""
     index = {label: i for i, label in enumerate(labels)}
@@ -631,6 +649,27 @@ def _outcome_figures(records: Sequence[ScoredEpisode], thresholds: Thresholds) -
         # Supplementary: an undo rollout is a "success" (success at some step) whose final
         # state is undone, so no final-progress classifier can call it right.
         "outcome_accuracy_excluding_undo": _accuracy_without(records, "undo", thresholds),
+        # Supplementary: success called at any step, as the outcome is defined and as the
+        # RL wrapper's detection fires (same delta and tau, not re-chosen).
+        **_any_step_figures(records, thresholds),
+    }
+
+
+def _any_step_figures(records: Sequence[ScoredEpisode], thresholds: Thresholds) -> dict:
+    outcomes = np.asarray([r.outcome for r in records], dtype=str)
+    predicted = np.asarray(
+        [predict_outcome_any_step(r.progress, thresholds.delta, thresholds.tau) for r in records],
+        dtype=str,
+    )
+    failed = outcomes != "success"
+    return {
+        "outcome_accuracy_any_step": float(np.mean(predicted == outcomes))
+        if outcomes.size
+        else math.nan,
+        "confusion_any_step": confusion_matrix(outcomes, predicted).tolist(),
+        "false_success_rate_any_step": float(np.mean(predicted[failed] == "success"))
+        if failed.any()
+        else math.nan,
     }
 
 
@@ -654,6 +693,10 @@ def _episode_row(r: ScoredEpisode, thresholds: Thresholds) -> dict[str, Any]:
         "outcome": r.outcome,
         "predicted_outcome": str(predict_outcome(r.progress[-1], thresholds.delta, thresholds.tau)),
         "final_phi": float(r.progress[-1]),
+        "peak_phi": float(np.max(r.progress)),
+        "predicted_outcome_any_step": predict_outcome_any_step(
+            r.progress, thresholds.delta, thresholds.tau
+        ),
         "final_privileged_progress": float(r.privileged_progress[-1]),
         "final_success_prob": float(r.success_prob[-1]),
         "voc": voc(r.progress),

@@ -198,7 +198,9 @@ def _print(summary: dict) -> None:
         "regress_tracking",
         "outcome_accuracy",
         "outcome_accuracy_excluding_undo",
+        "outcome_accuracy_any_step",
         "false_success_rate",
+        "false_success_rate_any_step",
         "stage_accuracy",
         "epic_distance",
     ]

@@ -25,6 +25,7 @@ from robo.evaluation import (
     false_success_rate,
     outcome_accuracy,
     predict_outcome,
+    predict_outcome_any_step,
     progress_agreement,
     regress_tracking,
     score_episode,
@@ -282,6 +283,23 @@ def test_summarize_without_a_model() -> None:
     assert summary["confusion"]["matrix"] == [[1, 0, 1], [0, 1, 0], [0, 0, 0]]
     assert summary["outcome_accuracy"] == pytest.approx(2 / 3)
     assert summary["policies"] == {"expert": 1, "half": 1, "undo": 1}
+    # called at any step, as the outcome is defined: the undo rollout's success counts
+    assert summary["outcome_accuracy_any_step"] == 1.0
+    assert summary["confusion_any_step"] == [[2, 0, 0], [0, 1, 0], [0, 0, 0]]
+    assert summary["false_success_rate_any_step"] == 0.0
+    assert [r["predicted_outcome_any_step"] for r in summary["per_episode"]] == [
+        "success",
+        "success",
+        "partial",
+    ]
+
+
+def test_outcome_at_any_step() -> None:
+    # a spike to 1 - delta anywhere is a success; else the final value decides
+    assert predict_outcome_any_step([0.1, 0.96, 0.2], delta=0.05, tau=0.3) == "success"
+    assert predict_outcome_any_step([0.1, 0.94, 0.5], delta=0.05, tau=0.3) == "partial"
+    assert predict_outcome_any_step([0.1, 0.94, 0.2], delta=0.05, tau=0.3) == "failure"
+    assert predict_outcome_any_step([0.97], delta=0.05, tau=0.3) == "success"
 
 
 # ----------------------------------------------------------------------------- scoring
