@@ -64,6 +64,12 @@ demonstrations are given:
   A cloned gripper command saturates at +-1, where Gaussian noise never opens or closes
   the gripper; a policy that stalls where the expert switched (close at the cube, open at
   the goal) then never tries the switch. Evaluation (deterministic) never flips.
+* **No entropy in the TD target** (``backup_entropy=False``), optional: the critic learns
+  the plain return of the policy and the entropy term stays in the actor's loss only (as
+  jaxrl's and RLPD's ``backup_entropy``). The bounds above are ranges of the return; a soft
+  value adds ``-alpha * log pi`` per step, up to ``alpha * H / (1 - gamma)`` (about 280
+  at SAC's initial ``alpha = 1`` on 4 action dimensions), so with the entropy backed up a
+  clipped target from scratch sits at the upper bound whatever the reward.
 
 Everything else (entropy tuning, target networks, logging) is SAC's.
 """
@@ -124,8 +130,10 @@ class DemoSAC(SAC):
         residual_scale: float = 0.0,
         flip_prob: float = 0.0,
         flip_dims: tuple[int, ...] = (),
+        backup_entropy: bool = True,
         **kwargs,
     ):
+        self.backup_entropy = bool(backup_entropy)
         if not 0.0 <= flip_prob < 1.0:
             raise ValueError(f"flip_prob={flip_prob} must lie in [0, 1)")
         self.flip_prob, self.flip_dims = float(flip_prob), tuple(int(d) for d in flip_dims)
@@ -411,7 +419,8 @@ class DemoSAC(SAC):
                 next_actions, next_log_prob = self.actor.action_log_prob(nxt)
                 next_actions = self._compose(nxt, next_actions)
                 next_q = self._q_target(self.critic_target, nxt, next_actions)
-                next_q = next_q - ent_coef * next_log_prob.reshape(-1, 1)
+                if self.backup_entropy:  # the soft value (SAC); else the plain return's
+                    next_q = next_q - ent_coef * next_log_prob.reshape(-1, 1)
                 if self.ibrl:  # bootstrap from the better of the two proposals
                     next_bc = self.bc_actor(nxt, deterministic=True)
                     next_q = th.maximum(next_q, self._q_target(self.critic_target, nxt, next_bc))

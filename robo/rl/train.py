@@ -162,6 +162,12 @@ class RLConfig:
     # sparse range minus the next state's potential (a pbrs value is the sparse one minus the
     # potential): as tight as sparse's own clip. One-step targets, no action chunks.
     q_clip_potential: bool = False
+    # SAC: the entropy bonus in the critic's TD target (soft values, as SAC): auto | true |
+    # false. auto: off where the targets are clipped (--q_clip on sparse or pbrs,
+    # --q_clip_potential), since the clip bounds the return, not a soft value (which adds up
+    # to alpha * H / (1 - gamma): from scratch, at alpha = 1, every clipped target sits at
+    # the top bound); on otherwise. The actor keeps its entropy term either way.
+    backup_entropy: str = "auto"
     # SAC: critics in the ensemble (2: SAC's pair). With more, the actor maximises their mean.
     n_critics: int = 2
     # SAC: critics whose minimum is the TD target, drawn at random each update (REDQ; 0: all).
@@ -202,6 +208,8 @@ class RLConfig:
             raise RoboError("--steps and --n_envs must be positive")
         if not 0.0 <= self.demo_ratio < 1.0:
             raise RoboError(f"--demo_ratio {self.demo_ratio} must lie in [0, 1)")
+        if str(self.backup_entropy).lower() not in ("auto", "true", "false"):
+            raise RoboError(f"--backup_entropy {self.backup_entropy!r}: use auto, true or false")
         if self.target_entropy not in ("bc", "auto"):
             raise RoboError(f"--target_entropy {self.target_entropy!r}: use bc or auto")
         if self.bc_std <= 0 or self.init_ent_coef <= 0 or self.utd < 1 or self.batch_size < 2:
@@ -380,6 +388,15 @@ def return_bounds(shaping: ShapingConfig) -> tuple[float, float] | None:
     return None
 
 
+def backup_entropy(cfg: RLConfig) -> bool:
+    """``--backup_entropy`` resolved: ``auto`` is off exactly where TD targets are clipped."""
+    choice = str(cfg.backup_entropy).lower()
+    if choice != "auto":
+        return choice == "true"
+    shaping = cfg.decision_shaping
+    return not ((cfg.q_clip and return_bounds(shaping) is not None) or cfg.q_clip_potential)
+
+
 def load_reward(spec: str):
     if spec == "none":
         return _NoModel()
@@ -555,6 +572,7 @@ def build(cfg: RLConfig, demos: tuple | None = None):
             awac_beta=cfg.awac_beta,
             awac_advantage=cfg.awac_advantage,
             awac_normalize=cfg.awac_normalize,
+            backup_entropy=backup_entropy(cfg),
             policy_kwargs={"n_critics": cfg.n_critics, **policy_kwargs},
             ent_coef=f"auto_{cfg.init_ent_coef}" if warm else "auto",
             gradient_steps=cfg.utd,
@@ -655,6 +673,7 @@ def train(cfg: RLConfig, progress_bar: bool = True) -> dict:
         "warm_start": warm,
         "evaluations": eval_cb.history,
         "best": eval_cb.best,
+        "backup_entropy": getattr(algo, "backup_entropy", None),
         "wall_time_s": round(time.time() - t0, 1),
         "hacking_watch": eval_cb.watch_summary(),
         "refinement": refine_cb.history if refine_cb is not None else None,

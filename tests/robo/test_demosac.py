@@ -289,6 +289,40 @@ def test_bounded_td_targets_keep_the_critic_within_the_return_range():
         DemoSAC("MlpPolicy", Line(), q_bounds=(1.0, 1.0))
 
 
+def test_without_entropy_backup_the_critic_learns_the_plain_return():
+    torch.manual_seed(0)
+    tr = demos()
+    tr["rew"] = np.zeros(len(tr["obs"]), np.float32)  # the plain return is 0 everywhere
+    tr["done"] = np.zeros(len(tr["obs"]), bool)
+    qs = {}
+    for backup in (True, False):
+        a = DemoSAC(
+            "MlpPolicy", Line(), learning_starts=0, seed=0, ent_coef=5.0, backup_entropy=backup
+        )
+        a.set_demos(tr)
+        pretrain_critic(a, 300)
+        with torch.no_grad():
+            obs = torch.as_tensor(tr["obs"][:64])
+            qs[backup] = torch.cat(a.critic(obs, a.actor(obs, True)), 1).abs().max().item()
+    # soft values collect the entropy bonus; plain ones stay at the return
+    assert qs[False] < 0.25 < 2.0 < qs[True]
+
+
+def test_backup_entropy_auto_is_off_where_targets_are_clipped():
+    from robo.rl.train import RLConfig, backup_entropy
+    from robo.shaping import ShapingConfig
+
+    def cfg(mode, **kw):
+        return RLConfig(env="tabletop/reach-v0", shaping=ShapingConfig(mode=mode), **kw)
+
+    assert not backup_entropy(cfg("sparse")) and not backup_entropy(cfg("pbrs"))
+    assert backup_entropy(cfg("oracle")) and backup_entropy(cfg("naive"))
+    assert backup_entropy(cfg("pbrs", q_clip=False))
+    assert not backup_entropy(cfg("pbrs", q_clip=False, q_clip_potential=True))
+    assert backup_entropy(cfg("sparse", backup_entropy="true"))
+    assert not backup_entropy(cfg("oracle", backup_entropy="false"))
+
+
 def test_recovery_demos_feed_the_critic_and_clone_only_expert_actions(tmp_path):
     """A store of an expert demo, a recovery demo and a non-demo rollout: the warm start
     takes the two demos, all their transitions go to the critic, and the recovery demo's
