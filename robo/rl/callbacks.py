@@ -151,10 +151,11 @@ class SuccessEvalCallback(BaseCallback):
 
     def _watch(self, infos, dones) -> None:
         for k, (info, done) in enumerate(zip(infos, dones, strict=True)):
-            ep = self._ep.setdefault(k, {"model": False, "env": False})
+            ep = self._ep.setdefault(k, {"model": False, "env": False, "scored": False})
             terms = info.get("reward_terms", {})
             ep["model"] |= bool(terms.get("model_success", False))
             ep["env"] |= bool(info.get("success", False))
+            ep["scored"] |= bool(terms.get("has_model", False))
             if "privileged_progress" in info and terms.get("has_model"):
                 self.watch["abs_err_sum"] += abs(
                     terms["next_potential"] - info["privileged_progress"]
@@ -162,13 +163,14 @@ class SuccessEvalCallback(BaseCallback):
                 self.watch["frames"] += 1
             if done:
                 self.train_episodes += 1
-                self.watch["episodes"] += 1
-                if not ep["env"]:
-                    self.watch["env_failures"] += 1
-                    self.watch["false_successes"] += int(ep["model"])
-                else:
-                    self.watch["missed_successes"] += int(not ep["model"])
-                self._ep[k] = {"model": False, "env": False}
+                if ep["scored"]:  # no model, no detection to judge (sparse, oracle)
+                    self.watch["episodes"] += 1
+                    if not ep["env"]:
+                        self.watch["env_failures"] += 1
+                        self.watch["false_successes"] += int(ep["model"])
+                    else:
+                        self.watch["missed_successes"] += int(not ep["model"])
+                self._ep[k] = {"model": False, "env": False, "scored": False}
 
     def watch_summary(self) -> dict:
         w = self.watch

@@ -177,6 +177,9 @@ def test_ppo_sparse_without_a_model(tmp_path):
     )
     row = json.loads((out / "eval.json").read_text())[-1]
     assert row["step"] >= 128 and "q_start" not in row  # PPO has no Q critic
+    assert row["train_episodes"] > 0
+    # no model, no detection to watch: not "every success missed"
+    assert row["watched_episodes"] == 0 and row["missed_success_rate"] != row["missed_success_rate"]
 
 
 @pytest.mark.parametrize(
