@@ -55,6 +55,17 @@ def run_eval_episodes(policy, env, episodes: int, seed: int) -> dict:
     return out
 
 
+def tally_episode(counts: dict, model_success: bool, env_success: bool) -> None:
+    """Add one ended episode to ``counts``: ``episodes``, ``env_failures``, and the model's
+    detection errors against the env's label, ``false_successes`` and ``missed_successes``."""
+    counts["episodes"] += 1
+    if not env_success:
+        counts["env_failures"] += 1
+        counts["false_successes"] += int(model_success)
+    else:
+        counts["missed_successes"] += int(not model_success)
+
+
 def completed_steps(callback: BaseCallback, final: bool = False) -> list[tuple[list, np.ndarray]]:
     """``(infos, dones)`` of the vectorised steps whose reward terms are known by now.
 
@@ -164,12 +175,7 @@ class SuccessEvalCallback(BaseCallback):
             if done:
                 self.train_episodes += 1
                 if ep["scored"]:  # no model, no detection to judge (sparse, oracle)
-                    self.watch["episodes"] += 1
-                    if not ep["env"]:
-                        self.watch["env_failures"] += 1
-                        self.watch["false_successes"] += int(ep["model"])
-                    else:
-                        self.watch["missed_successes"] += int(not ep["model"])
+                    tally_episode(self.watch, ep["model"], ep["env"])
                 self._ep[k] = {"model": False, "env": False, "scored": False}
 
     def watch_summary(self) -> dict:

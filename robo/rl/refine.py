@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-from robo.rl.callbacks import completed_steps
+from robo.rl.callbacks import completed_steps, tally_episode
 from robo.store import Episode, EpisodeStore
 
 log = logging.getLogger(__name__)
@@ -95,12 +95,7 @@ class RefineCallback(BaseCallback):
                 self._ep[k] = {"model": False, "env": False}
 
     def _episode_end(self, ep: dict, info: dict) -> None:
-        self.window["episodes"] += 1
-        if not ep["env"]:
-            self.window["env_failures"] += 1
-            self.window["false_successes"] += int(ep["model"])
-        else:
-            self.window["missed_successes"] += int(not ep["model"])
+        tally_episode(self.window, ep["model"], ep["env"])
         frames, peak = self._labelled_frames(info, ep["env"])
         if frames is None:
             return
