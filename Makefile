@@ -10,6 +10,8 @@ LEROBOT_VERSION := 0.4.4
 export MUJOCO_GL ?= egl
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# The install is about 7 GB (torch's CUDA build); a pip cache would add the downloads again.
+export PIP_NO_CACHE_DIR := 1
 
 .PHONY: install demo test test-all lint bench clean
 
