@@ -44,6 +44,8 @@ class GRMConfig:
         encoder_weights: local weights file of that backbone (never downloaded).
         channels: CNN widths.
         encoder_resolution: side length each view is resized to before the CNN.
+        encoder_grid: with the CNN, also read its feature map out average-pooled to a
+            ``grid`` x ``grid`` layout (0: spatial-softmax keypoints and the mean only).
         d_model: token width of the fusion transformer.
         layers: transformer layers.
         heads: attention heads.
@@ -70,6 +72,7 @@ class GRMConfig:
     encoder_weights: str = ""
     channels: tuple[int, ...] = (32, 64, 64)
     encoder_resolution: int = 64
+    encoder_grid: int = 0
     d_model: int = 128
     layers: int = 2
     heads: int = 4
@@ -117,6 +120,8 @@ class GRMConfig:
         for name in ("view_dropout", "context_dropout", "success_delta"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"GRMConfig.{name}={getattr(self, name)} must lie in [0, 1)")
+        if self.encoder_grid < 0:
+            raise ValueError(f"GRMConfig.encoder_grid={self.encoder_grid} must be >= 0")
         if self.encoder is not EncoderKind.cnn and not self.encoder_name:
             raise ValueError(
                 f"GRMConfig.encoder={self.encoder.value} needs encoder_name (a model name)"

@@ -54,11 +54,14 @@ class SpatialSoftmax(nn.Module):
 
 class ConvEncoder(nn.Module):
     """Small CNN trained from scratch: the view resized to ``resolution``, strided convs,
-    then spatial-softmax keypoints and pooled features."""
+    then spatial-softmax keypoints and pooled features; with ``grid`` > 0 also the feature
+    map average-pooled to a ``grid`` x ``grid`` layout (what is where, not only where the
+    most salient things are)."""
 
-    def __init__(self, channels: tuple[int, ...], d_model: int, resolution: int):
+    def __init__(self, channels: tuple[int, ...], d_model: int, resolution: int, grid: int = 0):
         super().__init__()
         self.resolution = resolution
+        self.grid = grid
         layers, c_in = [], 3
         for i, c in enumerate(channels):
             k, s = (4, 2) if i == 0 else (3, 2 if i < len(channels) - 1 else 1)
@@ -70,11 +73,14 @@ class ConvEncoder(nn.Module):
             c_in = c
         self.body = nn.Sequential(*layers)
         self.keypoints = SpatialSoftmax()
-        self.proj = nn.Linear(3 * c_in, d_model)
+        self.proj = nn.Linear(3 * c_in + c_in * grid * grid, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.body(x)
-        return self.proj(torch.cat([self.keypoints(f), f.mean((2, 3))], dim=1))
+        parts = [self.keypoints(f), f.mean((2, 3))]
+        if self.grid:
+            parts.append(F.adaptive_avg_pool2d(f, self.grid).flatten(1))
+        return self.proj(torch.cat(parts, dim=1))
 
 
 class BackboneEncoder(nn.Module):
@@ -133,7 +139,7 @@ class GRM(nn.Module):
         self.cfg = cfg
         d = cfg.d_model
         self.encoder = (
-            ConvEncoder(cfg.channels, d, cfg.encoder_resolution)
+            ConvEncoder(cfg.channels, d, cfg.encoder_resolution, cfg.encoder_grid)
             if cfg.encoder is EncoderKind.cnn
             else BackboneEncoder(cfg)
         )

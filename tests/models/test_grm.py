@@ -77,6 +77,27 @@ def test_forward_shapes_and_masks():
     assert model.view_emb.grad is not None
 
 
+def test_encoder_grid_reads_out_where_things_are(tmp_path):
+    """The grid read-out adds a coarse layout of the feature map: the same content moved to
+    another quadrant changes the features, and the option survives a save and load."""
+    model = GRM(GRMConfig(**TINY, encoder_grid=2)).eval()
+    assert model.encoder.proj.in_features == 3 * 16 + 16 * 2 * 2
+    img = np.zeros((1, 2, 32, 32, 3), np.uint8)
+    a, b = img.copy(), img.copy()
+    a[:, :, 2:10, 2:10] = 255
+    b[:, :, 22:30, 22:30] = 255
+    with torch.no_grad():
+        fa, fb = model.encode(torch.from_numpy(a)), model.encode(torch.from_numpy(b))
+    assert not torch.allclose(fa, fb)
+    model.save_pretrained(tmp_path / "g")
+    again = GRM.from_pretrained(tmp_path / "g")
+    assert again.cfg.encoder_grid == 2
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval().encode(torch.from_numpy(a)), fa)
+    with pytest.raises(ValueError, match="encoder_grid"):
+        GRMConfig(encoder_grid=-1)
+
+
 def test_save_load_round_trip_and_bad_checkpoints(tmp_path):
     model = GRM(GRMConfig(**TINY))
     model.save_pretrained(tmp_path / "m", extra={"training": {"tasks": ["x"]}})
