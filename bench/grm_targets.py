@@ -225,7 +225,28 @@ def mine_all(model: Path, data: dict[str, dict[str, Path]], root: Path, a) -> li
 def calibrate(model: Path, data: list[dict[str, Path]]) -> None:
     """Choose delta and tau on the training tasks' calibration rollouts, pooled (on their
     training rollouts where no calibration set was collected)."""
-    from robo.evaluation import choose_thresholds, score_store
+    from robo.evaluation import choose_thresholds
+
+    finals, outcomes, sources = calibration_finals(model, data)
+    th = choose_thresholds(finals, outcomes, delta=None)
+    what = " and ".join({"calib": "calibration", "train": "training"}[k] for k in sorted(sources))
+    (model / "thresholds.json").write_text(
+        json.dumps(
+            {
+                "delta": th.delta,
+                "tau": th.tau,
+                "source": f"{len(finals)} {what} rollouts of {len(data)} training tasks",
+            }
+        )
+    )
+
+
+def calibration_finals(
+    model: Path, data: list[dict[str, Path]]
+) -> tuple[list[float], list[str], set[str]]:
+    """The model's final progress and the true outcome of every non-expert calibration
+    rollout of the training tasks (training rollouts where no calibration set exists)."""
+    from robo.evaluation import score_store
     from robo.reward.registry import load_progress_model
 
     pm = load_progress_model(f"grm:{model}")
@@ -239,17 +260,7 @@ def calibrate(model: Path, data: list[dict[str, Path]]) -> None:
         scores = score_store(pm, store, reference, indices=idx)
         finals += [float(sc.progress[-1]) for sc in scores]
         outcomes += [store.episode_meta(i).outcome for i in idx]
-    th = choose_thresholds(finals, outcomes, delta=None)
-    what = " and ".join({"calib": "calibration", "train": "training"}[k] for k in sorted(sources))
-    (model / "thresholds.json").write_text(
-        json.dumps(
-            {
-                "delta": th.delta,
-                "tau": th.tau,
-                "source": f"{len(finals)} {what} rollouts of {len(data)} training tasks",
-            }
-        )
-    )
+    return finals, outcomes, sources
 
 
 def label_floor(store: Path) -> float:
