@@ -23,15 +23,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 from grm_targets import HELD_OUT, MT10, TABLETOP, calibration_finals, name  # noqa: E402
 
-from robo.evaluation import choose_thresholds, predict_outcome  # noqa: E402
+from robo.evaluation import (  # noqa: E402
+    choose_thresholds,
+    predict_outcome,
+    predict_outcome_any_step,
+)
 
 
 def figures(episodes: list[dict], delta: float, tau: float) -> dict:
     """Outcome accuracy (final Phi; without undo; at any step) and false-success rates."""
 
     def call(e: dict, any_step: bool) -> str:
-        if any_step and e["peak_phi"] >= 1.0 - delta:
-            return "success"
+        if any_step:  # the peak stands in for the whole trace: only its maximum matters
+            return predict_outcome_any_step([e["peak_phi"], e["final_phi"]], delta, tau)
         return str(predict_outcome(e["final_phi"], delta, tau))
 
     def share(rows, hit) -> float | None:
