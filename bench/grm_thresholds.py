@@ -21,7 +21,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
-from grm_targets import HELD_OUT, MT10, TABLETOP, calibration_finals, name  # noqa: E402
+from grm_targets import (  # noqa: E402
+    HELD_OUT,
+    MT10,
+    TABLETOP,
+    calibration_finals,
+    mean_row,
+    name,
+)
 
 from robo.evaluation import (  # noqa: E402
     choose_thresholds,
@@ -55,15 +62,6 @@ def figures(episodes: list[dict], delta: float, tau: float) -> dict:
     }
 
 
-def mean_row(rows: list[dict], task: str) -> dict:
-    keys = ["outcome_acc", "acc_no_undo", "false_succ", "acc_any_step", "fsr_any_step"]
-    out = {"task": task, "episodes": sum(r["episodes"] for r in rows)}
-    for k in keys:
-        vals = [r[k] for r in rows if r[k] is not None]
-        out[k] = float(np.mean(vals)) if vals else None
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -95,10 +93,10 @@ def main() -> None:
             if path.exists():
                 eps = json.loads(path.read_text())["per_episode"]
                 rows.append({"task": t, "seen": seen, **figures(eps, th.delta, th.tau)})
-    rows.append(mean_row([r for r in rows if r["seen"]], "mean over training tasks"))
+    rows.append(mean_row([r for r in rows if r["seen"]], "mean over training tasks", "general"))
     one_shot = [r for r in rows if r.get("seen") is False]
     if one_shot:
-        rows.append(mean_row(one_shot, "mean over one-shot tasks"))
+        rows.append(mean_row(one_shot, "mean over one-shot tasks", "general"))
     for r in rows:
         r.update(delta=th.delta, tau=th.tau)
     print(

@@ -32,7 +32,7 @@ def test_figures_call_final_and_any_step_outcomes():
     g = grm_thresholds.figures(episodes, delta=0.25, tau=0.3)
     assert g["false_succ"] == pytest.approx(1 / 3)
     mean = grm_thresholds.mean_row(
-        [{"episodes": 5, **f}, {"episodes": 5, **g}], "mean over training tasks"
+        [{"episodes": 5, **f}, {"episodes": 5, **g}], "mean over training tasks", "general"
     )
     assert mean["episodes"] == 10
     assert mean["outcome_acc"] == pytest.approx((f["outcome_acc"] + g["outcome_acc"]) / 2)
