@@ -126,13 +126,15 @@ def build_data(env_id: str, root: Path, a) -> dict[str, Path]:
             collect(env_id, paths["train"], a.recover_demos, "recover", 20_000, a.size)
     # Topped up to a count per policy, continuing the policy's seeds: the hard rollouts (to
     # train_rollouts + hard_rollouts), demos that withdraw the arm after success (retreat)
-    # and their matched failures, the same withdrawal from mid-task (give-up).
+    # and their matched failures, the same withdrawal from mid-task (give-up), and undo
+    # rollouts labelled by their outcome (other seeds than the evaluation's).
     top_up = {
         p: (a.train_rollouts + a.hard_rollouts, 10_000 + 1000 * TRAIN_POLICIES.index(p))
         for p in (HARD_POLICIES if a.hard_rollouts and a.train_rollouts else ())
     }
     top_up["retreat"] = (a.retreat_demos, 30_000)
     top_up["give-up"] = (a.giveup_rollouts, 40_000)
+    top_up["undo"] = (a.undo_rollouts, 60_000)
     st = EpisodeStore.open(str(paths["train"]))
     for p, (want, seed) in top_up.items():
         have = sum(st.episode_meta(i).policy == p for i in range(len(st)))
@@ -297,6 +299,7 @@ def row(task: str, s: dict, seen: bool, label_mae: float | None = None, model="g
         "false_succ": s.get("false_success_rate"),
         "acc_any_step": s.get("outcome_accuracy_any_step"),
         "fsr_any_step": s.get("false_success_rate_any_step"),
+        "acc_privileged": s.get("outcome_accuracy_privileged"),
         "epic": s.get("epic_distance"),
         "exploit": (s.get("exploitation") or {}).get("exploit_rate"),
         "label_mae": label_mae,
@@ -333,6 +336,12 @@ def main() -> None:
         type=int,
         default=0,
         help="per training task: rollouts that withdraw the arm mid-task (policy give-up)",
+    )
+    ap.add_argument(
+        "--undo_rollouts",
+        type=int,
+        default=0,
+        help="per training task: undo rollouts (success, then undone) trained on by outcome",
     )
     ap.add_argument(
         "--calib_rollouts",
@@ -546,6 +555,7 @@ def mean_row(rows: list[dict], label: str, model: str) -> dict:
         "false_succ",
         "acc_any_step",
         "fsr_any_step",
+        "acc_privileged",
         "epic",
         "exploit",
         "label_mae",

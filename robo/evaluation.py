@@ -652,7 +652,18 @@ def _outcome_figures(records: Sequence[ScoredEpisode], thresholds: Thresholds) -
         # Supplementary: success called at any step, as the outcome is defined and as the
         # RL wrapper's detection fires (same delta and tau, not re-chosen).
         **_any_step_figures(records, thresholds),
+        # Supplementary: the same final-Φ rule applied to privileged progress itself (default
+        # δ and τ): the ceiling of outcome accuracy for a model that tracks progress exactly.
+        "outcome_accuracy_privileged": _privileged_accuracy(records),
     }
+
+
+def _privileged_accuracy(records: Sequence[ScoredEpisode]) -> float:
+    kept = [r for r in records if r.privileged_progress is not None and len(r.privileged_progress)]
+    if not kept:
+        return float("nan")
+    finals = [float(r.privileged_progress[-1]) for r in kept]
+    return outcome_accuracy(finals, [r.outcome for r in kept])["accuracy"]
 
 
 def _any_step_figures(records: Sequence[ScoredEpisode], thresholds: Thresholds) -> dict:

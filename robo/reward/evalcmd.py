@@ -199,6 +199,7 @@ def _print(summary: dict) -> None:
         "outcome_accuracy",
         "outcome_accuracy_excluding_undo",
         "outcome_accuracy_any_step",
+        "outcome_accuracy_privileged",
         "false_success_rate",
         "false_success_rate_any_step",
         "stage_accuracy",

@@ -282,6 +282,8 @@ def test_summarize_without_a_model() -> None:
     # the undo rollout succeeded on the way but ends at Φ = 0: called failure
     assert summary["confusion"]["matrix"] == [[1, 0, 1], [0, 1, 0], [0, 0, 0]]
     assert summary["outcome_accuracy"] == pytest.approx(2 / 3)
+    # so would privileged progress itself: the ceiling of the final-Φ rule is below 1
+    assert summary["outcome_accuracy_privileged"] == pytest.approx(2 / 3)
     assert summary["policies"] == {"expert": 1, "half": 1, "undo": 1}
     # called at any step, as the outcome is defined: the undo rollout's success counts
     assert summary["outcome_accuracy_any_step"] == 1.0
