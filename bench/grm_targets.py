@@ -519,6 +519,7 @@ def main() -> None:
             "false_succ",
             "acc_any_step",
             "fsr_any_step",
+            "acc_privileged",
             "epic",
             "exploit",
             "label_mae",
