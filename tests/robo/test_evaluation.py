@@ -296,6 +296,22 @@ def test_summarize_without_a_model() -> None:
     ]
 
 
+def test_privileged_ceiling_reads_privileged_progress_not_phi() -> None:
+    # a model that ignores the undoing is right from its final Φ; privileged progress,
+    # which follows the undoing, is not: the ceiling is a property of the rollouts
+    p = np.linspace(0, 1, 20)
+    undo = np.concatenate([p, p[::-1]])
+    phi = np.concatenate([p, np.ones(20)])
+    records = [
+        ScoredEpisode(
+            0, "undo", "success", "t", phi, phi, undo, stage_from_progress(undo, 1), undo > 0.99
+        )
+    ]
+    summary = summarize(records, Thresholds(), num_stages=1)
+    assert summary["outcome_accuracy"] == 1.0
+    assert summary["outcome_accuracy_privileged"] == 0.0
+
+
 def test_outcome_at_any_step() -> None:
     # a spike to 1 - delta anywhere is a success; else the final value decides
     assert predict_outcome_any_step([0.1, 0.96, 0.2], delta=0.05, tau=0.3) == "success"
