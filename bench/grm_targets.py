@@ -49,6 +49,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 
+from models.grm.config import GRMConfig  # noqa: E402
 from robo.cli import main as robo  # noqa: E402
 from robo.store import EpisodeStore  # noqa: E402
 from sim.metaworld_env import MT10_TASKS  # noqa: E402
@@ -265,11 +266,12 @@ def calibration_finals(
     return finals, outcomes, sources
 
 
-def label_floor(store: Path) -> float:
+def label_floor(store: Path, spacing: str = "time") -> float:
     """MAE of the step-wise training labels against privileged progress on the store's
     demonstrations: what a model that learnt its labels perfectly would score on experts.
     Labels spread a stage's frames evenly in time; privileged progress measures distance
-    within the stage, so tasks whose expert closes most of the distance early sit high."""
+    within the stage, so tasks whose expert closes most of the distance early sit high
+    with ``time`` spacing (the model's ``label_spacing``)."""
     import numpy as np
 
     from robo.reward.data import demo_progress, is_training_demo
@@ -280,7 +282,7 @@ def label_floor(store: Path) -> float:
     errors = []
     for i in demos:
         ep = st.episode(i)
-        errors.append(np.abs(demo_progress(ep, stages) - ep.privileged_progress).mean())
+        errors.append(np.abs(demo_progress(ep, stages, spacing) - ep.privileged_progress).mean())
     return float(np.mean(errors))
 
 
@@ -479,9 +481,18 @@ def main() -> None:
         )
     summaries = evaluate_all(jobs, a, root / "logs")
     rows = []
-    for k, _ in models:
+    for k, m in models:
+        spacing = str(
+            GRMConfig.from_dict(json.loads((m / "config.json").read_text())).label_spacing
+        )
         rows += [
-            row(t, summaries[f"eval{suffix[k]}-{name(t)}"], True, label_floor(d["train"]), k)
+            row(
+                t,
+                summaries[f"eval{suffix[k]}-{name(t)}"],
+                True,
+                label_floor(d["train"], spacing),
+                k,
+            )
             for t, d in data.items()
         ]
     rows += [

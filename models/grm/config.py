@@ -32,6 +32,13 @@ class ForwardAnchor(StrEnum):
     reference = "reference"  # the task context's reference start frame (another scene)
 
 
+class LabelSpacing(StrEnum):
+    """How a demo's frames are spread over their stage's share of progress (training labels)."""
+
+    time = "time"  # evenly in time
+    gripper = "gripper"  # by the gripper's approach to where the stage ends (states[:, :3])
+
+
 @dataclass
 class GRMConfig:
     """Architecture and inference settings of a GRM.
@@ -62,6 +69,11 @@ class GRMConfig:
             ``delta = |phi_B - phi_F| / (mean + eps)``; it keeps small absolute disagreements
             near progress 0 from freezing the conservative update.
         success_delta: success when progress >= 1 - delta.
+        label_spacing: how training spreads a demo's frames over a stage's share of
+            progress: evenly in time (``time``) or by the gripper's approach to where the
+            stage ends (``gripper``, read from ``states[:, 0:3]``, the gripper position in
+            the tabletop suite's and Meta-World's states). Recorded so that one-shot
+            adaptation labels its demo the same way.
         num_stages: stage count of the task family (for stage read-outs), informational.
     """
 
@@ -85,6 +97,7 @@ class GRMConfig:
     fusion_alpha: float = 2.0
     fusion_eps: float = 1e-3
     success_delta: float = 0.05
+    label_spacing: LabelSpacing = LabelSpacing.time
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -98,6 +111,12 @@ class GRMConfig:
         except ValueError:
             raise ValueError(
                 f"GRMConfig.forward_anchor={self.forward_anchor!r}: choose episode or reference"
+            ) from None
+        try:
+            self.label_spacing = LabelSpacing(self.label_spacing)
+        except ValueError:
+            raise ValueError(
+                f"GRMConfig.label_spacing={self.label_spacing!r}: choose time or gripper"
             ) from None
         if not self.views:
             raise ValueError("GRMConfig.views is empty: name the camera views the model sees")
@@ -131,6 +150,7 @@ class GRMConfig:
         d = asdict(self)
         d["encoder"] = self.encoder.value
         d["forward_anchor"] = self.forward_anchor.value
+        d["label_spacing"] = self.label_spacing.value
         return d
 
     @classmethod

@@ -1,8 +1,11 @@
 """Training labels of the GRM: step-wise progress of annotated demos and relative hops.
 
 Progress is discretised per stage: with K stages, every stage owns an equal share 1/K
-of [0, 1] however many frames it lasts, and frames inside a stage are spread evenly
-over its share. The hop from state p to state q is the progress made relative to what
+of [0, 1] however many frames it lasts. Frames inside a stage are spread over its share
+evenly in time (``time`` spacing), or (``gripper`` spacing) by how much of the way the
+gripper has come from where it starts the stage to where it ends it: the demo's own
+proprioception, not simulator state, and closer to how far a task has actually come
+when an expert covers most of a stage's distance early and then creeps in. The hop from state p to state q is the progress made relative to what
 was left (or lost relative to what had been made):
 
     H = (phi_q - phi_p) / (1 - phi_p)   if phi_q >= phi_p
@@ -15,9 +18,38 @@ from __future__ import annotations
 
 import numpy as np
 
+#: A stage whose gripper path starts closer than this (m) to where it ends (a grasp, a
+#: pause) is spaced evenly in time: its distance fraction would be noise.
+MIN_APPROACH = 0.01
+
+
+def approach_fraction(gripper: np.ndarray, start: int, end: int, count: int) -> np.ndarray | None:
+    """How much of the way frames ``start .. start + count - 1`` have come towards the
+    gripper position of frame ``end``: ``1 - d / d_start`` clipped to [0, 1] and made
+    non-decreasing (moving away first, e.g. lifting over an obstacle, is not progress
+    taken back). ``None`` when the stage starts within :data:`MIN_APPROACH` of its end."""
+    g = np.asarray(gripper, np.float64)
+    d = np.linalg.norm(g[start : start + count] - g[end], axis=1)
+    if d[0] < MIN_APPROACH:
+        return None
+    return np.maximum.accumulate(np.clip(1.0 - d / d[0], 0.0, 1.0))
+
+
+def _spread(count: int, n: int, gripper, start: int, end: int) -> np.ndarray:
+    """Fractions in [0, 1] of a stage's ``count`` frames: even in time over ``n - 1`` steps
+    or, given ``gripper`` positions, by the gripper's approach to frame ``end``."""
+    even = np.arange(count) / max(n - 1, 1)
+    if gripper is None:
+        return even
+    frac = approach_fraction(gripper, start, end, count)
+    return even if frac is None else frac
+
 
 def stepwise_progress(
-    stage: np.ndarray, num_stages: int, success: np.ndarray | None = None
+    stage: np.ndarray,
+    num_stages: int,
+    success: np.ndarray | None = None,
+    gripper: np.ndarray | None = None,
 ) -> np.ndarray:
     """Progress labels ``(T,)`` of one demo from its per-frame stage annotation.
 
@@ -28,6 +60,8 @@ def stepwise_progress(
         stage: ``(T,)`` stage index per frame.
         num_stages: K, the task's number of stages.
         success: optional ``(T,)`` success flags.
+        gripper: optional ``(T, 3)`` gripper positions: spaces frames within a stage by
+            the gripper's approach to where the stage ends (else evenly in time).
     """
     stage = np.maximum.accumulate(np.clip(np.asarray(stage, int), 0, num_stages - 1))
     T = len(stage)
@@ -39,7 +73,8 @@ def stepwise_progress(
             continue
         # The stage's frames spread over [k/K, (k+1)/K); the next stage's first frame ends it.
         n = len(idx) + (1 if k < num_stages - 1 or done < T else 0)
-        phi[idx] = (k + np.arange(len(idx)) / max(n - 1, 1)) / num_stages
+        end = min(idx[-1] + 1, T - 1) if n > len(idx) else idx[-1]
+        phi[idx] = (k + _spread(len(idx), n, gripper, idx[0], end)) / num_stages
     phi[done:] = 1.0
     if done == T:  # never succeeded: the last annotated frame is the end of the demo
         phi[-1] = max(phi[-1], phi[-2] if T > 1 else 0.0)
@@ -54,7 +89,11 @@ def _runs(stage: np.ndarray) -> list[tuple[int, int, int]]:
 
 
 def recovery_progress(
-    stage: np.ndarray, num_stages: int, success: np.ndarray, min_regress: int = 3
+    stage: np.ndarray,
+    num_stages: int,
+    success: np.ndarray,
+    min_regress: int = 3,
+    gripper: np.ndarray | None = None,
 ) -> np.ndarray:
     """Progress labels ``(T,)`` of a demonstration that loses progress and recovers it.
 
@@ -69,7 +108,8 @@ def recovery_progress(
     * frames from the first success on are 1.
 
     A fall back shorter than ``min_regress`` frames is taken as annotation flicker and
-    kept in the stage before it.
+    kept in the stage before it. With ``gripper`` positions ``(T, 3)``, a completed run is
+    spaced by the gripper's approach to where it ends, as in :func:`stepwise_progress`.
     """
     stage = np.clip(np.asarray(stage, int), 0, num_stages - 1).copy()
     success = np.asarray(success, bool)
@@ -92,7 +132,7 @@ def recovery_progress(
     for (a, b, k), n in zip(runs, nxt, strict=True):
         length = b - a
         if n is not None and n > k:  # completed: the next stage's first frame ends the share
-            frac = np.arange(length) / length
+            frac = _spread(length, length + 1, gripper, a, min(b, T - 1))
         else:  # cut short (or the episode ended): the share its length covers
             full = completed.get(k, length)
             frac = np.minimum(np.arange(length) / max(full, 1), 1.0)

@@ -62,6 +62,7 @@ def model_sampling(model_cfg) -> dict:
     return {
         "own_start": model_cfg.forward_anchor == "episode",
         "success_delta": model_cfg.success_delta,
+        "label_spacing": str(model_cfg.label_spacing),
     }
 
 
@@ -137,12 +138,25 @@ def demo_end(ep) -> int:
     return int(len(success) - np.argmax(success[::-1]))
 
 
-def demo_progress(ep, num_stages: int) -> np.ndarray:
+def demo_progress(ep, num_stages: int, spacing: str = "time") -> np.ndarray:
     """Step-wise progress labels of a demo from its stage annotation; a recovery demo's
-    falls back a stage are kept (:func:`models.grm.labels.recovery_progress`)."""
+    falls back a stage are kept (:func:`models.grm.labels.recovery_progress`). ``spacing``
+    ``gripper`` spreads a stage's frames by the gripper's approach to where the stage
+    ends, read from ``states[:, 0:3]``."""
+    gripper = None
+    if spacing == "gripper":
+        if ep.states.ndim != 2 or ep.states.shape[1] < 3:
+            raise ValueError(
+                f"label_spacing gripper reads the gripper position from states[:, 0:3], but "
+                f"{ep.env_id} episode {ep.seed} has states of shape {ep.states.shape}: "
+                "use label_spacing time"
+            )
+        gripper = ep.states[:, :3]
+    elif spacing != "time":
+        raise ValueError(f"label spacing {spacing!r}: choose time or gripper")
     if ep.policy.startswith("recover"):
-        return recovery_progress(ep.stage, num_stages, ep.success)
-    return stepwise_progress(ep.stage, num_stages, ep.success)
+        return recovery_progress(ep.stage, num_stages, ep.success, gripper=gripper)
+    return stepwise_progress(ep.stage, num_stages, ep.success, gripper=gripper)
 
 
 class PairSampler:
@@ -168,6 +182,7 @@ class PairSampler:
         outcome_urls: list[str] = (),
         own_start: bool = True,
         success_delta: float = 0.05,
+        label_spacing: str = "time",
     ):
         self.cfg = cfg or SamplerConfig()
         self.resolution = resolution  # cache frames pre-resized to the encoder's input side
@@ -175,6 +190,7 @@ class PairSampler:
         # ``forward_anchor: episode``) rather than from the reference start.
         self.own_start = own_start
         self.success_delta = success_delta
+        self.label_spacing = label_spacing
         self.rng = np.random.default_rng(seed)
         self.views = tuple(views)
         self.tasks = [self._open(url, episode_filter) for url in urls]
@@ -250,7 +266,7 @@ class PairSampler:
             ep = task.store.episode(index)
             vidx = [task.store.views.index(v) for v in self.views]
             end = demo_end(ep)
-            phi = demo_progress(ep, task.num_stages)[:end]
+            phi = demo_progress(ep, task.num_stages, self.label_spacing)[:end]
             goal = min(ep.goal_index, end - 1)
             task.demos[index] = _Demo(self._resize(ep.frames[:end, vidx]), phi, ep.task, goal)
         return task.demos[index]

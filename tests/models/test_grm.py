@@ -56,6 +56,33 @@ def test_recovery_progress_keeps_the_fall_back_a_stage():
     np.testing.assert_allclose(recovery_progress(mono, 3, s), stepwise_progress(mono, 3, s))
 
 
+def test_gripper_spacing_follows_the_approach_not_the_clock():
+    # one reach stage of 11 frames: the gripper covers 80% of the way in the first 2 steps,
+    # then creeps in; success on the last frame
+    x = np.array([0.0, 0.5, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98, 1.0]) * 0.3
+    gripper = np.stack([x, np.zeros(11), np.zeros(11)], 1)
+    stage, success = np.zeros(11, int), np.zeros(11, bool)
+    success[-1] = True
+    timed = stepwise_progress(stage, 1, success)
+    spaced = stepwise_progress(stage, 1, success, gripper=gripper)
+    assert timed[2] == pytest.approx(0.2) and spaced[2] == pytest.approx(0.8)
+    assert spaced[0] == 0 and spaced[-1] == 1 and np.all(np.diff(spaced) >= 0)
+    # moving away first (lifting over something) is no progress, and none is taken back
+    away = gripper.copy()
+    away[1:3, 0] = -0.1
+    lifted = stepwise_progress(stage, 1, success, gripper=away)
+    assert np.all(lifted[:3] == 0) and np.all(np.diff(lifted) >= 0)
+    # a stage the gripper barely moves in (a grasp) stays even in time; shares stay equal
+    two = np.array([0] * 5 + [1] * 6)
+    still = gripper.copy()
+    still[5:] = still[5]
+    both = stepwise_progress(two, 2, success, gripper=still)
+    assert both[5] == pytest.approx(0.5)
+    np.testing.assert_allclose(both[5:], stepwise_progress(two, 2, success)[5:])
+    # a recovery demo's completed runs are spaced the same way
+    np.testing.assert_allclose(recovery_progress(stage, 1, success, gripper=gripper), spaced)
+
+
 def test_hop_and_inverse():
     p = np.linspace(0.05, 0.95, 7)
     for q in np.linspace(0, 1, 9):
@@ -256,3 +283,6 @@ def test_forward_perspective_hops_from_the_episodes_own_first_frame():
     assert float(ref.predict(now).progress) == pytest.approx(h_ref, abs=1e-5)
     with pytest.raises(ValueError, match="forward_anchor"):
         GRMConfig(**TINY, forward_anchor="goal")
+    assert legacy.label_spacing == "time"  # older checkpoints were trained on time spacing
+    with pytest.raises(ValueError, match="label_spacing"):
+        GRMConfig(**TINY, label_spacing="distance")

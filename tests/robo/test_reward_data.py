@@ -28,6 +28,29 @@ def test_recovery_demos_train_as_demonstrations_with_their_fall_back(tmp_path):
     assert len(pair_hops) and np.all((pair_hops >= -1) & (pair_hops <= 1))
 
 
+def test_gripper_label_spacing_reads_the_demo_states(tmp_path):
+    import pytest
+
+    from models.grm.labels import stepwise_progress
+    from robo.reward.data import demo_progress
+
+    out = str(tmp_path / "reach")
+    args = ["collect", "--env", "tabletop/reach-v0", "--episodes", "1", "--size", "24"]
+    assert main([*args, "--views", "front", "--policy", "expert", "--out", out]) == 0
+    sampler = PairSampler([out], ("front",), seed=0, label_spacing="gripper")
+    ep = sampler.tasks[0].store.episode(0)
+    phi = sampler._demo(sampler.tasks[0], 0).phi
+    want = stepwise_progress(ep.stage, 1, ep.success, gripper=ep.states[:, :3])
+    np.testing.assert_allclose(phi, want[: len(phi)])
+    assert phi[-1] == 1.0 and np.all(np.diff(phi) >= 0)
+    # the expert closes most of the distance early: ahead of the clock at mid-episode
+    mid = len(phi) // 2
+    assert phi[mid] > demo_progress(ep, 1)[mid]
+    ep.states = ep.states[:, :2]
+    with pytest.raises(ValueError, match=r"states\[:, 0:3\]"):
+        demo_progress(ep, 1, "gripper")
+
+
 def test_outcome_labels_are_hop_intervals_from_both_anchors(tmp_path):
     import torch
 
