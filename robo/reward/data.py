@@ -138,6 +138,12 @@ def demo_end(ep) -> int:
     return int(len(success) - np.argmax(success[::-1]))
 
 
+#: Environments whose recorded ``states[:, 0:3]`` is the gripper position (the tabletop
+#: suite's TCP, Meta-World's hand): ``label_spacing: gripper`` reads it there. A robot's or
+#: an imported dataset's states are joint readings whose layout the store does not say.
+GRIPPER_STATE_ENVS = ("tabletop/", "metaworld/")
+
+
 def demo_progress(ep, num_stages: int, spacing: str = "time") -> np.ndarray:
     """Step-wise progress labels of a demo from its stage annotation; a recovery demo's
     falls back a stage are kept (:func:`models.grm.labels.recovery_progress`). ``spacing``
@@ -145,6 +151,12 @@ def demo_progress(ep, num_stages: int, spacing: str = "time") -> np.ndarray:
     ends, read from ``states[:, 0:3]``."""
     gripper = None
     if spacing == "gripper":
+        if not ep.env_id.startswith(GRIPPER_STATE_ENVS):
+            raise ValueError(
+                f"label_spacing gripper reads the gripper position from states[:, 0:3], known "
+                f"to hold it for {', '.join(GRIPPER_STATE_ENVS)} stores only, not {ep.env_id}: "
+                "use label_spacing time"
+            )
         if ep.states.ndim != 2 or ep.states.shape[1] < 3:
             raise ValueError(
                 f"label_spacing gripper reads the gripper position from states[:, 0:3], but "
