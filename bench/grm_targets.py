@@ -482,9 +482,8 @@ def main() -> None:
     summaries = evaluate_all(jobs, a, root / "logs")
     rows = []
     for k, m in models:
-        spacing = str(
-            GRMConfig.from_dict(json.loads((m / "config.json").read_text())).label_spacing
-        )
+        saved = json.loads((m / "config.json").read_text())["config"]
+        spacing = str(GRMConfig.from_dict(saved).label_spacing)
         rows += [
             row(
                 t,
