@@ -37,6 +37,7 @@ class LabelSpacing(StrEnum):
 
     time = "time"  # evenly in time
     gripper = "gripper"  # by the gripper's approach to where the stage ends (states[:, :3])
+    blend = "blend"  # the mean of the two: strictly increasing, so expert order is kept
 
 
 @dataclass
@@ -72,7 +73,8 @@ class GRMConfig:
         label_spacing: how training spreads a demo's frames over a stage's share of
             progress: evenly in time (``time``) or by the gripper's approach to where the
             stage ends (``gripper``, read from ``states[:, 0:3]``, the gripper position in
-            the tabletop suite's and Meta-World's states). Recorded so that one-shot
+            the tabletop suite's and Meta-World's states), or the mean of the two
+            (``blend``). Recorded so that one-shot
             adaptation labels its demo the same way.
         num_stages: stage count of the task family (for stage read-outs), informational.
     """
@@ -116,7 +118,7 @@ class GRMConfig:
             self.label_spacing = LabelSpacing(self.label_spacing)
         except ValueError:
             raise ValueError(
-                f"GRMConfig.label_spacing={self.label_spacing!r}: choose time or gripper"
+                f"GRMConfig.label_spacing={self.label_spacing!r}: choose time, gripper or blend"
             ) from None
         if not self.views:
             raise ValueError("GRMConfig.views is empty: name the camera views the model sees")

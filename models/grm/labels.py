@@ -35,14 +35,17 @@ def approach_fraction(gripper: np.ndarray, start: int, end: int, count: int) -> 
     return np.maximum.accumulate(np.clip(1.0 - d / d[0], 0.0, 1.0))
 
 
-def _spread(count: int, n: int, gripper, start: int, end: int) -> np.ndarray:
+def _spread(count: int, n: int, gripper, start: int, end: int, blend: float = 1.0) -> np.ndarray:
     """Fractions in [0, 1] of a stage's ``count`` frames: even in time over ``n - 1`` steps
-    or, given ``gripper`` positions, by the gripper's approach to frame ``end``."""
+    or, given ``gripper`` positions, by the gripper's approach to frame ``end`` (``blend``
+    of it, the rest even in time: strictly increasing again)."""
     even = np.arange(count) / max(n - 1, 1)
     if gripper is None:
         return even
     frac = approach_fraction(gripper, start, end, count)
-    return even if frac is None else frac
+    if frac is None:
+        return even
+    return frac if blend >= 1.0 else blend * frac + (1.0 - blend) * even
 
 
 def stepwise_progress(
@@ -50,6 +53,7 @@ def stepwise_progress(
     num_stages: int,
     success: np.ndarray | None = None,
     gripper: np.ndarray | None = None,
+    blend: float = 1.0,
 ) -> np.ndarray:
     """Progress labels ``(T,)`` of one demo from its per-frame stage annotation.
 
@@ -62,6 +66,7 @@ def stepwise_progress(
         success: optional ``(T,)`` success flags.
         gripper: optional ``(T, 3)`` gripper positions: spaces frames within a stage by
             the gripper's approach to where the stage ends (else evenly in time).
+        blend: the share of that approach fraction in the spacing, the rest even in time.
     """
     stage = np.maximum.accumulate(np.clip(np.asarray(stage, int), 0, num_stages - 1))
     T = len(stage)
@@ -74,7 +79,7 @@ def stepwise_progress(
         # The stage's frames spread over [k/K, (k+1)/K); the next stage's first frame ends it.
         n = len(idx) + (1 if k < num_stages - 1 or done < T else 0)
         end = min(idx[-1] + 1, T - 1) if n > len(idx) else idx[-1]
-        phi[idx] = (k + _spread(len(idx), n, gripper, idx[0], end)) / num_stages
+        phi[idx] = (k + _spread(len(idx), n, gripper, idx[0], end, blend)) / num_stages
     phi[done:] = 1.0
     if done == T:  # never succeeded: the last annotated frame is the end of the demo
         phi[-1] = max(phi[-1], phi[-2] if T > 1 else 0.0)
@@ -94,6 +99,7 @@ def recovery_progress(
     success: np.ndarray,
     min_regress: int = 3,
     gripper: np.ndarray | None = None,
+    blend: float = 1.0,
 ) -> np.ndarray:
     """Progress labels ``(T,)`` of a demonstration that loses progress and recovers it.
 
@@ -132,7 +138,7 @@ def recovery_progress(
     for (a, b, k), n in zip(runs, nxt, strict=True):
         length = b - a
         if n is not None and n > k:  # completed: the next stage's first frame ends the share
-            frac = _spread(length, length + 1, gripper, a, min(b, T - 1))
+            frac = _spread(length, length + 1, gripper, a, min(b, T - 1), blend)
         else:  # cut short (or the episode ended): the share its length covers
             full = completed.get(k, length)
             frac = np.minimum(np.arange(length) / max(full, 1), 1.0)

@@ -148,9 +148,9 @@ def demo_progress(ep, num_stages: int, spacing: str = "time") -> np.ndarray:
     """Step-wise progress labels of a demo from its stage annotation; a recovery demo's
     falls back a stage are kept (:func:`models.grm.labels.recovery_progress`). ``spacing``
     ``gripper`` spreads a stage's frames by the gripper's approach to where the stage
-    ends, read from ``states[:, 0:3]``."""
+    ends, read from ``states[:, 0:3]``; ``blend`` by the mean of that and time."""
     gripper = None
-    if spacing == "gripper":
+    if spacing in ("gripper", "blend"):
         if not ep.env_id.startswith(GRIPPER_STATE_ENVS):
             raise ValueError(
                 f"label_spacing gripper reads the gripper position from states[:, 0:3], known "
@@ -165,10 +165,11 @@ def demo_progress(ep, num_stages: int, spacing: str = "time") -> np.ndarray:
             )
         gripper = ep.states[:, :3]
     elif spacing != "time":
-        raise ValueError(f"label spacing {spacing!r}: choose time or gripper")
+        raise ValueError(f"label spacing {spacing!r}: choose time, gripper or blend")
+    blend = 0.5 if spacing == "blend" else 1.0
     if ep.policy.startswith("recover"):
-        return recovery_progress(ep.stage, num_stages, ep.success, gripper=gripper)
-    return stepwise_progress(ep.stage, num_stages, ep.success, gripper=gripper)
+        return recovery_progress(ep.stage, num_stages, ep.success, gripper=gripper, blend=blend)
+    return stepwise_progress(ep.stage, num_stages, ep.success, gripper=gripper, blend=blend)
 
 
 class PairSampler:

@@ -79,6 +79,10 @@ def test_gripper_spacing_follows_the_approach_not_the_clock():
     both = stepwise_progress(two, 2, success, gripper=still)
     assert both[5] == pytest.approx(0.5)
     np.testing.assert_allclose(both[5:], stepwise_progress(two, 2, success)[5:])
+    # the blend is the mean of the two, strictly increasing even where the arm moves away
+    half = stepwise_progress(stage, 1, success, gripper=away, blend=0.5)
+    np.testing.assert_allclose(half, 0.5 * (lifted + timed), atol=1e-6)
+    assert np.all(np.diff(half) > 0)
     # a recovery demo's completed runs are spaced the same way
     np.testing.assert_allclose(recovery_progress(stage, 1, success, gripper=gripper), spaced)
 

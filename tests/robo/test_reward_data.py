@@ -46,6 +46,10 @@ def test_gripper_label_spacing_reads_the_demo_states(tmp_path):
     # the expert closes most of the distance early: ahead of the clock at mid-episode
     mid = len(phi) // 2
     assert phi[mid] > demo_progress(ep, 1)[mid]
+    blend = demo_progress(ep, 1, "blend")
+    np.testing.assert_allclose(blend, 0.5 * (want + demo_progress(ep, 1)), atol=1e-6)
+    with pytest.raises(ValueError, match="choose time, gripper or blend"):
+        demo_progress(ep, 1, "distance")
     ep.states = ep.states[:, :2]
     with pytest.raises(ValueError, match=r"states of shape"):
         demo_progress(ep, 1, "gripper")
