@@ -74,8 +74,7 @@ class GRMConfig:
             progress: evenly in time (``time``) or by the gripper's approach to where the
             stage ends (``gripper``, read from ``states[:, 0:3]``, the gripper position in
             the tabletop suite's and Meta-World's states), or the mean of the two
-            (``blend``). Recorded so that one-shot
-            adaptation labels its demo the same way.
+            (``blend``). Recorded so that one-shot adaptation labels its demo the same way.
         num_stages: stage count of the task family (for stage read-outs), informational.
     """
 

@@ -2,11 +2,13 @@
 
 Progress is discretised per stage: with K stages, every stage owns an equal share 1/K
 of [0, 1] however many frames it lasts. Frames inside a stage are spread over its share
-evenly in time (``time`` spacing), or (``gripper`` spacing) by how much of the way the
-gripper has come from where it starts the stage to where it ends it: the demo's own
-proprioception, not simulator state, and closer to how far a task has actually come
-when an expert covers most of a stage's distance early and then creeps in. The hop from state p to state q is the progress made relative to what
-was left (or lost relative to what had been made):
+evenly in time (``time`` spacing), by how much of the way the gripper has come from where
+it starts the stage to where it ends it (``gripper``: the demo's own proprioception, not
+simulator state, and closer to how far a task has come when an expert covers most of a
+stage's distance early and then creeps in), or by the mean of the two (``blend``).
+
+The hop from state p to state q is the progress made relative to what was left (or lost
+relative to what had been made):
 
     H = (phi_q - phi_p) / (1 - phi_p)   if phi_q >= phi_p
     H = (phi_q - phi_p) / phi_p         otherwise
