@@ -29,6 +29,11 @@ Writes ``<out>/grm_targets.json`` and prints a table. Every stage is cached in `
 
     python bench/grm_targets.py --out runs/grm_targets [--tasks tabletop] [--steps 3000]
 
+``--ensemble A,B`` scores an ensemble of earlier bench runs instead of training: the general
+model is ``robo reward ensemble`` of ``A/general/model`` and ``B/general/model``, each one-shot
+model the ensemble of the members' ``adapted/<task>`` (run with the members' data linked as
+``<out>/data``); it is calibrated and evaluated like a trained model.
+
 Rendering dominates the data stage; on several cores, collect first with ``--data_only`` in
 parallel processes on disjoint ``--tasks`` lists (``--held_out ""`` in all but one), then run
 the full command. ``--jobs J`` runs mining and evaluation as J one-thread processes at once.
@@ -51,6 +56,8 @@ from common import report  # noqa: E402
 
 from models.grm.config import GRMConfig  # noqa: E402
 from robo.cli import main as robo  # noqa: E402
+from robo.reward.ensemble import EnsembleConfig, write_ensemble  # noqa: E402
+from robo.reward.registry import as_spec  # noqa: E402
 from robo.store import EpisodeStore  # noqa: E402
 from sim.metaworld_env import MT10_TASKS  # noqa: E402
 
@@ -156,7 +163,7 @@ def eval_args(model: Path, data: Path, reference: str, out: Path, a, seen=True) 
         "reward",
         "eval",
         "--model",
-        f"grm:{model}",
+        as_spec(str(model)),
         "--data",
         str(data),
         "--reference",
@@ -203,7 +210,7 @@ def mine_all(model: Path, data: dict[str, dict[str, Path]], root: Path, a) -> li
                     "reward",
                     "mine",
                     "--model",
-                    f"grm:{model}",
+                    as_spec(str(model)),
                     "--reference",
                     f"{d['train']}:0",
                     "--out",
@@ -252,7 +259,7 @@ def calibration_finals(
     from robo.evaluation import score_store
     from robo.reward.registry import load_progress_model
 
-    pm = load_progress_model(f"grm:{model}")
+    pm = load_progress_model(as_spec(str(model)))
     finals, outcomes, sources = [], [], set()
     for d in data:
         key = "calib" if d["calib"].exists() else "train"
@@ -367,6 +374,12 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="concurrent mining/evaluation processes")
     ap.add_argument("--threads", type=int, default=0, help="torch threads of training (0: config)")
     ap.add_argument(
+        "--ensemble",
+        default="",
+        help="comma-separated earlier bench folders: score their models' ensemble, no training",
+    )
+    ap.add_argument("--ensemble_combine", default="mean", help="mean | min")
+    ap.add_argument(
         "--data_only",
         action="store_true",
         help="collect the data of --tasks and --held_out, then stop (run several at once on "
@@ -385,7 +398,10 @@ def main() -> None:
         print(f"data of {len(tasks)} tasks in {root / 'data'}; {time.time() - t0:.0f} s")
         return
     model = root / "general" / "model"
-    if not model.exists():
+    members = [Path(m) for m in a.ensemble.split(",") if m]
+    if members and not model.exists():
+        ensemble_of([m / "general" / "model" for m in members], model, a.ensemble_combine)
+    elif not model.exists():
         code = robo(
             [
                 "reward",
@@ -453,7 +469,10 @@ def main() -> None:
     for t in held_out:
         paths = build_data(t, root, one_shot_args(a))
         adapted = root / f"adapted{suffix[final_key]}" / name(t)
-        if not adapted.exists():
+        if members and not adapted.exists():
+            ensemble_of([m / "adapted" / name(t) for m in members], adapted, a.ensemble_combine)
+            (adapted / "thresholds.json").write_text((final / "thresholds.json").read_text())
+        elif not adapted.exists():
             robo(
                 [
                     "reward",
@@ -482,14 +501,13 @@ def main() -> None:
     summaries = evaluate_all(jobs, a, root / "logs")
     rows = []
     for k, m in models:
-        saved = json.loads((m / "config.json").read_text())["config"]
-        spacing = str(GRMConfig.from_dict(saved).label_spacing)
+        spacing = label_spacing(m)
         rows += [
             row(
                 t,
                 summaries[f"eval{suffix[k]}-{name(t)}"],
                 True,
-                label_floor(d["train"], spacing),
+                label_floor(d["train"], spacing) if spacing else None,
                 k,
             )
             for t, d in data.items()
@@ -536,6 +554,21 @@ def main() -> None:
         ],
         str(root / "grm_targets.json"),
     )
+
+
+def ensemble_of(models: list[Path], out: Path, combine: str) -> None:
+    missing = [str(m) for m in models if not m.exists()]
+    if missing:
+        raise SystemExit(f"--ensemble: {', '.join(missing)} not found: run those benches first")
+    write_ensemble(EnsembleConfig(",".join(str(m) for m in models), str(out), combine))
+
+
+def label_spacing(model: Path) -> str | None:
+    """The label spacing a trained model was trained with (None for an ensemble)."""
+    config = model / "config.json"
+    if not config.exists():
+        return None
+    return str(GRMConfig.from_dict(json.loads(config.read_text())["config"]).label_spacing)
 
 
 def one_shot_args(a: argparse.Namespace) -> argparse.Namespace:

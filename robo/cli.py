@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reward adapt": ("robo.reward.adapt:AdaptConfig", "robo.reward.adapt:adapt"),
     "reward eval": ("robo.reward.evalcmd:EvalConfig", "robo.reward.evalcmd:run_eval"),
     "reward mine": ("robo.reward.mine:MineConfig", "robo.reward.mine:mine"),
+    "reward ensemble": ("robo.reward.ensemble:EnsembleConfig", "robo.reward.ensemble:ensemble"),
     "reward fit-perceptual": (
         "robo.reward.fitcmd:FitPerceptualConfig",
         "robo.reward.fitcmd:fit_perceptual",
@@ -45,6 +46,7 @@ HELP = {
     "reward fit-perceptual": "fit an unsupervised perceptual reward from a few demos",
     "reward serve": "serve a reward model over gRPC to many robots / env workers (dynamic batching)",
     "reward eval": "evaluate a reward source on held-out episodes (VOC, MAE, outcomes, EPIC...)",
+    "reward ensemble": "combine trained reward sources into one (mean or worst-case progress)",
     "reward mine": "record the action sequences a GRM over-scores as labelled failure rollouts",
     "rl compare": "compare reward conditions on the same seeds and budget (curves + table)",
     "rl train": "train a policy (SAC/PPO) with shaped rewards from a reward source, BC warm start",

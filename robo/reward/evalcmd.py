@@ -70,8 +70,9 @@ class EvalConfig:
 
     @property
     def model_dir(self) -> Path | None:
-        kind, _, arg = self.spec.partition(":")
-        return Path(arg) if kind == "grm" else None
+        from robo.reward.registry import model_dir
+
+        return model_dir(self.spec)
 
 
 def reference_episode(cfg: EvalConfig, store: EpisodeStore):

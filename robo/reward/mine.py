@@ -80,11 +80,11 @@ class MineConfig:
 def _delta(cfg: MineConfig) -> float:
     from robo.evaluation import DEFAULT_DELTA
     from robo.reward.evalcmd import saved_thresholds
+    from robo.reward.registry import model_dir
 
     if cfg.delta >= 0:
         return cfg.delta
-    kind, _, arg = cfg.spec.partition(":")
-    saved = saved_thresholds(Path(arg)) if kind == "grm" else None
+    saved = saved_thresholds(model_dir(cfg.spec))
     return saved.delta if saved is not None else DEFAULT_DELTA
 
 

@@ -4,6 +4,7 @@ grm:<dir>               a trained General Reward Model folder
 vlm:<config.yaml|dir>   zero-shot CLIP goal-baseline reward (VLM-RM): a VLMConfig YAML or a saved folder
 perceptual:<dir>        a perceptual reward fitted from a few demos (models.perceptual.fit)
 grpc://<host>:<port>    a reward server (robo.serving); token from $ROBO_REWARD_TOKEN
+ensemble:<dir>          several of the above combined (``robo reward ensemble``)
 """
 
 from __future__ import annotations
@@ -16,8 +17,22 @@ _LOADERS: dict[str, Callable[[str], object]] = {}
 
 
 def as_spec(model: str) -> str:
-    """A command's ``--model``: a spec as it is, a bare folder as ``grm:<folder>``."""
-    return model if ":" in model.split("/")[0] else f"grm:{model}"
+    """A command's ``--model``: a spec as it is, a bare folder as ``grm:<folder>`` (or
+    ``ensemble:<folder>`` when it holds an ensemble manifest)."""
+    if ":" in model.split("/")[0]:
+        return model
+    from robo.reward.ensemble import is_ensemble_dir
+
+    return f"ensemble:{model}" if is_ensemble_dir(model) else f"grm:{model}"
+
+
+def model_dir(spec: str):
+    """The folder of a spec's saved model (where calibration keeps ``thresholds.json``), or
+    None for sources without one."""
+    from pathlib import Path
+
+    kind, _, arg = spec.partition(":")
+    return Path(arg) if kind in ("grm", "ensemble") else None
 
 
 def register(kind: str):
@@ -51,6 +66,13 @@ def _perceptual(path: str):
     from models.perceptual import load
 
     return load(path)
+
+
+@register("ensemble")
+def _ensemble(path: str):
+    from robo.reward.ensemble import load_ensemble
+
+    return load_ensemble(path)
 
 
 @register("grpc")

@@ -12,6 +12,7 @@ import pytest
 from models.grm.model import GRM
 from robo.cli import main
 from robo.store import EpisodeStore
+from tests.tiny import TINY_GRM
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs/grm/tiny.yaml")
@@ -271,6 +272,48 @@ def test_adapt_from_one_demo_and_eval(stores, tmp_path):
     assert list((report / "plots").glob("episode_*.png")) and list(
         (report / "videos").glob("*.mp4")
     )
+
+
+def test_ensemble_folder_is_a_model_folder(stores, tmp_path, capsys):
+    import shutil
+
+    import torch
+
+    from models.ensemble import EnsembleProgressModel
+    from models.grm.config import GRMConfig
+    from robo.reward.registry import as_spec, load_progress_model
+
+    _, pp, rollouts = stores
+    cfg = GRMConfig(**{**TINY_GRM, "views": ("front", "side", "wrist")})
+    for k in range(2):
+        torch.manual_seed(k)
+        GRM(cfg).save_pretrained(tmp_path / "models" / f"m{k}")
+    ens = tmp_path / "models" / "ens"
+    members = ",".join(str(tmp_path / "models" / f"m{k}") for k in range(2))
+    assert main(["reward", "ensemble", "--members", members, "--out", str(ens)]) == 0
+    assert as_spec(str(ens)) == f"ensemble:{ens}"  # a bare ensemble folder is recognised
+    report = tmp_path / "eval"
+    args = ["reward", "eval", "--model", str(ens), "--data", rollouts, "--reference", f"{pp}:0"]
+    args += ["--out", str(report), "--calibrate", "true", "--video_episodes", "0"]
+    assert main(args) == 0
+    assert (ens / "thresholds.json").is_file()  # calibration kept with the ensemble
+    assert json.loads((report / "summary.json").read_text())["episodes"] == 5
+    # members are stored relative to the folder: moving them together keeps it loadable
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "models", moved)
+    pm = load_progress_model(f"ensemble:{moved / 'ens'}")
+    assert isinstance(pm, EnsembleProgressModel) and len(pm.members) == 2
+    # bad input: one-line errors, nothing written
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    one = str(moved / "m0")
+    assert main(["reward", "ensemble", "--members", one, "--out", str(bad)]) == 2
+    assert "at least 2 members" in capsys.readouterr().err and not bad.exists()
+    (moved / "ens" / "ensemble.json").write_text("[1, 2]")
+    assert main(["reward", "eval", "--model", str(moved / "ens"), "--data", rollouts]) == 2
+    assert "not an ensemble manifest" in capsys.readouterr().err
+    assert main(["reward", "eval", "--model", f"ensemble:{tmp_path}", "--data", rollouts]) == 2
+    assert "has no ensemble.json" in capsys.readouterr().err
 
 
 @pytest.mark.timeout(300)
