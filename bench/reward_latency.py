@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from common import report  # noqa: E402
 
 from models.base import TaskContext  # noqa: E402
+from models.ensemble import EnsembleProgressModel  # noqa: E402
 from models.grm.config import GRMConfig  # noqa: E402
 from models.grm.fast import make_fast, warmup  # noqa: E402
 from models.grm.inference import GRMProgressModel  # noqa: E402
@@ -64,12 +65,13 @@ def latencies(
     for k in range(5):  # warm-up
         pm.predict(frames[k % 8])
     out = []
+    cuda = _first(pm).device.type == "cuda"
     for k in range(steps):
-        if pm.device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         pm.predict(frames[k % 8])
-        if pm.device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize()
         out.append(time.perf_counter() - t0)
     return np.array(out)
@@ -81,10 +83,11 @@ def inprocess_row(pm: GRMProgressModel, variant: str, batch: int, args, cfg) -> 
     p50 = [np.percentile(r, 50) for r in runs]
     p99 = [np.percentile(r, 99) for r in runs]
     qps = [batch / np.mean(r) for r in runs]
+    device = _first(pm).device.type
     return {
-        "device": pm.device.type,
+        "device": device,
         "variant": variant,
-        "threads": torch.get_num_threads() if pm.device.type == "cpu" else None,
+        "threads": torch.get_num_threads() if device == "cpu" else None,
         "batch": batch,
         "p50_ms": 1e3 * float(np.median(p50)),
         "p99_ms": 1e3 * float(np.median(p99)),
@@ -93,13 +96,22 @@ def inprocess_row(pm: GRMProgressModel, variant: str, batch: int, args, cfg) -> 
         "qps_max": float(max(qps)),
         "views": len(cfg.views),
         "size": cfg.image_size[0],
-        "perspectives": len(pm.perspectives),
+        "perspectives": len(_first(pm).perspectives),
     }
 
 
-def variants(model: GRM, device: str, compile: bool):
-    """(name, progress model) pairs measured on ``device``: plain, and the fast path where it differs."""
+def _first(pm) -> GRMProgressModel:
+    """The GRM of a query (an ensemble's first member)."""
+    return pm.members[0] if isinstance(pm, EnsembleProgressModel) else pm
+
+
+def variants(model: GRM, device: str, compile: bool, ensemble: int = 1):
+    """(name, progress model) pairs measured on ``device``: plain, an ensemble of ``ensemble``
+    copies (as costly as that many trained members), and the fast path where it differs."""
     yield "plain", GRMProgressModel(copy.deepcopy(model), device=device)
+    if ensemble > 1:
+        members = [GRMProgressModel(copy.deepcopy(model), device=device) for _ in range(ensemble)]
+        yield f"ensemble-{ensemble}", EnsembleProgressModel(members)
     if device == "cuda" or compile:
         pm = make_fast(GRMProgressModel(copy.deepcopy(model), device=device), compile=compile)
         if compile:
@@ -116,7 +128,7 @@ def run_inprocess(model: GRM, args) -> list[dict]:
     for device in args.devices.split(","):
         if device == "cuda" and not torch.cuda.is_available():
             continue
-        for name, pm in variants(model, device, args.compile):
+        for name, pm in variants(model, device, args.compile, args.ensemble):
             for batch in map(int, args.batches.split(",")):
                 rows.append(inprocess_row(pm, name, batch, args, model.cfg))
     return rows
@@ -370,6 +382,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=2.0, help="untimed seconds before that")
     ap.add_argument("--envs-per-client", type=int, default=1)
     ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument(
+        "--ensemble", type=int, default=1, help="also time an ensemble of N members (in process)"
+    )
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
     ap.add_argument(
         "--out", default=None, help="JSON of the in-process table (server: same name + _server)"
