@@ -1,6 +1,10 @@
 """`robo reward adapt`: one-shot adaptation of a GRM to a new task from one demonstration.
 
     robo reward adapt --model runs/grm/model --demo data/door-lock:0 --out runs/grm-door-lock
+    robo reward adapt --model runs/grm-ens --demo data/door-lock:0 --out runs/ens-door-lock
+
+An ensemble folder (``robo reward ensemble``) adapts member by member into ``<out>/member<k>``
+and ``<out>`` becomes the ensemble of the adapted members, combined as before.
 
 Hop pairs are drawn within the single demo (its first and last frames are the
 reference context). A guard against forgetting keeps the weights near the general
@@ -26,7 +30,7 @@ from robo.reward.train import LoopSettings, _encoder_resolution, fit
 class AdaptConfig:
     """Settings of one-shot adaptation."""
 
-    # folder of the general model (config.json + model.safetensors).
+    # folder of the general model (config.json + model.safetensors), or an ensemble of GRMs.
     model: str = ""
     # the single demonstration: <store>:<episode index>.
     demo: str = ""
@@ -79,8 +83,12 @@ def l2_anchor(reference: dict[str, torch.Tensor], weight: float):
 
 def adapt(cfg: AdaptConfig) -> Path:
     """Fine-tune the general model on exactly one demonstration; returns the new model folder."""
+    from robo.reward.ensemble import is_ensemble_dir
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if is_ensemble_dir(cfg.model):
+        return adapt_ensemble(cfg)
     url, index = cfg.store_and_episode
     model = GRM.from_pretrained(cfg.model)
     outcome_urls = [u for u in cfg.outcomes.split(",") if u]
@@ -132,4 +140,28 @@ def adapt(cfg: AdaptConfig) -> Path:
     }
     model.save_pretrained(out, extra=meta)
     print(f"adapted model saved to {out} in {meta['adaptation']['wall_time_s']} s")
+    return out
+
+
+def adapt_ensemble(cfg: AdaptConfig) -> Path:
+    """Adapt every member of an ensemble of GRMs to the demo; the adapted members form the
+    new ensemble (same combine)."""
+    from robo.reward.ensemble import EnsembleConfig, read_manifest, write_ensemble
+    from robo.store import EpisodeStore
+
+    specs, combine = read_manifest(cfg.model)
+    not_grm = [s for s in specs if not s.startswith("grm:")]
+    if not_grm:
+        raise RoboError(
+            f"{cfg.model}: only GRM members can be adapted, not {', '.join(not_grm)}: "
+            "ensemble the GRMs alone"
+        )
+    url, _ = cfg.store_and_episode
+    task = EpisodeStore.open(url).env_id.split("/")[-1]
+    out = Path(cfg.out or f"{cfg.model.rstrip('/')}-adapted-{task}")
+    adapted = [
+        adapt(replace(cfg, model=s.partition(":")[2], out=str(out / f"member{k}")))
+        for k, s in enumerate(specs)
+    ]
+    write_ensemble(EnsembleConfig(",".join(str(a) for a in adapted), str(out), combine))
     return out

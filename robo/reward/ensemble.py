@@ -72,12 +72,8 @@ def write_ensemble(cfg: EnsembleConfig) -> Path:
     return out
 
 
-def load_ensemble(directory: str):
-    """Registry loader for ``ensemble:<dir>``."""
-    from models.base import ModelInputError
-    from models.ensemble import EnsembleProgressModel
-    from robo.reward.registry import load_progress_model
-
+def read_manifest(directory: str | Path) -> tuple[list[str], str]:
+    """An ensemble folder's member specs (paths resolved against the folder) and combine."""
     root = Path(directory)
     manifest = root / MANIFEST
     if not manifest.is_file():
@@ -92,16 +88,27 @@ def load_ensemble(directory: str):
             f"{manifest} is not an ensemble manifest (a JSON object with a members list): rewrite it "
             "with `robo reward ensemble`"
         ) from None
-    members = []
+    resolved = []
     for s in specs:
         kind, _, arg = str(s).partition(":")
         if kind in _PATH_KINDS and not Path(arg).is_absolute():
-            arg = str(root / arg)
-        members.append(load_progress_model(f"{kind}:{arg}"))
+            arg = os.path.normpath(root / arg)
+        resolved.append(f"{kind}:{arg}")
+    return resolved, combine
+
+
+def load_ensemble(directory: str):
+    """Registry loader for ``ensemble:<dir>``."""
+    from models.base import ModelInputError
+    from models.ensemble import EnsembleProgressModel
+    from robo.reward.registry import load_progress_model
+
+    specs, combine = read_manifest(directory)
+    members = [load_progress_model(s) for s in specs]
     try:
         return EnsembleProgressModel(members, combine)
     except ModelInputError as e:
-        raise RoboError(f"{manifest}: {e}") from None
+        raise RoboError(f"{Path(directory) / MANIFEST}: {e}") from None
 
 
 def is_ensemble_dir(path: str | Path) -> bool:

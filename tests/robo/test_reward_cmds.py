@@ -298,6 +298,14 @@ def test_ensemble_folder_is_a_model_folder(stores, tmp_path, capsys):
     assert main(args) == 0
     assert (ens / "thresholds.json").is_file()  # calibration kept with the ensemble
     assert json.loads((report / "summary.json").read_text())["episodes"] == 5
+    # one-shot: every member adapts to the demo, and the adapted members form the ensemble
+    adapted = tmp_path / "models" / "ens-adapted"
+    args = ["reward", "adapt", "--model", str(ens), "--demo", f"{pp}:1", "--out", str(adapted)]
+    assert main([*args, "--steps", "3", "--groups", "2"]) == 0
+    for k in range(2):
+        meta = json.loads((adapted / f"member{k}" / "config.json").read_text())
+        assert meta["adaptation"]["base_model"] == str(tmp_path / "models" / f"m{k}")
+    assert len(load_progress_model(f"ensemble:{adapted}").members) == 2
     # members are stored relative to the folder: moving them together keeps it loadable
     moved = tmp_path / "moved"
     shutil.move(tmp_path / "models", moved)
