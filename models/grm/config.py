@@ -74,7 +74,9 @@ class GRMConfig:
             progress: evenly in time (``time``) or by the gripper's approach to where the
             stage ends (``gripper``, read from ``states[:, 0:3]``, the gripper position in
             the tabletop suite's and Meta-World's states), or the mean of the two
-            (``blend``). Recorded so that one-shot adaptation labels its demo the same way.
+            (``blend``, the default; time spacing on stores whose states do not hold the
+            gripper position). Recorded so that one-shot adaptation labels its demo the
+            same way; checkpoints saved before the option were trained with ``time``.
         num_stages: stage count of the task family (for stage read-outs), informational.
     """
 
@@ -98,7 +100,7 @@ class GRMConfig:
     fusion_alpha: float = 2.0
     fusion_eps: float = 1e-3
     success_delta: float = 0.05
-    label_spacing: LabelSpacing = LabelSpacing.time
+    label_spacing: LabelSpacing = LabelSpacing.blend
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -159,4 +161,6 @@ class GRMConfig:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         # Checkpoints written before the option existed were trained from the reference start.
         known.setdefault("forward_anchor", ForwardAnchor.reference)
+        # ... and with their demos spaced evenly in time.
+        known.setdefault("label_spacing", LabelSpacing.time)
         return cls(**known)

@@ -11,6 +11,7 @@ episodes per task and swaps one for a random other every few batches.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -148,8 +149,17 @@ def demo_progress(ep, num_stages: int, spacing: str = "time") -> np.ndarray:
     """Step-wise progress labels of a demo from its stage annotation; a recovery demo's
     falls back a stage are kept (:func:`models.grm.labels.recovery_progress`). ``spacing``
     ``gripper`` spreads a stage's frames by the gripper's approach to where the stage
-    ends, read from ``states[:, 0:3]``; ``blend`` by the mean of that and time."""
+    ends, read from ``states[:, 0:3]``; ``blend`` by the mean of that and time where the
+    store's states hold the gripper position (:data:`GRIPPER_STATE_ENVS`), by time elsewhere
+    (a robot's or an imported dataset's stores), with a warning."""
     gripper = None
+    if spacing == "blend" and not ep.env_id.startswith(GRIPPER_STATE_ENVS):
+        warnings.warn(
+            f"label_spacing blend: {ep.env_id} states do not say where the gripper is, so its "
+            "demos are spaced evenly in time",
+            stacklevel=2,
+        )
+        spacing = "time"
     if spacing in ("gripper", "blend"):
         if not ep.env_id.startswith(GRIPPER_STATE_ENVS):
             raise ValueError(

@@ -277,8 +277,9 @@ def test_forward_perspective_hops_from_the_episodes_own_first_frame():
     assert 0 < h_own < 1 and abs(h_own - h_ref) > 1e-4
     assert float(own.predict(now).progress) == pytest.approx(h_own, abs=1e-5)
     # A checkpoint without the field was trained from the reference start: it keeps it.
+    new_only = ("forward_anchor", "label_spacing")
     legacy = GRMConfig.from_dict(
-        {k: v for k, v in GRMConfig(**TINY).to_dict().items() if k != "forward_anchor"}
+        {k: v for k, v in GRMConfig(**TINY).to_dict().items() if k not in new_only}
     )
     assert legacy.forward_anchor == "reference"
     ref = GRMProgressModel(GRM(legacy), perspectives=("forward",))
@@ -288,5 +289,6 @@ def test_forward_perspective_hops_from_the_episodes_own_first_frame():
     with pytest.raises(ValueError, match="forward_anchor"):
         GRMConfig(**TINY, forward_anchor="goal")
     assert legacy.label_spacing == "time"  # older checkpoints were trained on time spacing
+    assert GRMConfig(**TINY).label_spacing == "blend"  # new models: blend by default
     with pytest.raises(ValueError, match="label_spacing"):
         GRMConfig(**TINY, label_spacing="distance")

@@ -56,6 +56,9 @@ def test_gripper_label_spacing_reads_the_demo_states(tmp_path):
     ep.env_id = "lerobot/so100"  # joint readings: the gripper's place is unknown
     with pytest.raises(ValueError, match="use label_spacing time"):
         demo_progress(ep, 1, "gripper")
+    # blend, the default, keeps working there: time spacing, with a warning
+    with pytest.warns(UserWarning, match="spaced evenly in time"):
+        np.testing.assert_array_equal(demo_progress(ep, 1, "blend"), demo_progress(ep, 1))
 
 
 def test_outcome_labels_are_hop_intervals_from_both_anchors(tmp_path):
