@@ -74,8 +74,10 @@ def main() -> None:
     root = Path(a.out)
     data_root = Path(a.data) if a.data else root / "data"
     model = root / "general" / "model"
-    if not (model / "config.json").exists():
-        raise SystemExit(f"{model} holds no GRM: give the folder of a finished grm_targets run")
+    if not any((model / f).exists() for f in ("config.json", "ensemble.json")):
+        raise SystemExit(
+            f"{model} holds no GRM or ensemble: give the folder of a finished grm_targets run"
+        )
     tasks = [t for t in TABLETOP + MT10 if (root / "eval" / name(t) / "summary.json").exists()]
     if not tasks:
         raise SystemExit(f"no evaluation summaries under {root / 'eval'}: run the bench first")
