@@ -20,7 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reward adapt": ("robo.reward.adapt:AdaptConfig", "robo.reward.adapt:adapt"),
     "reward eval": ("robo.reward.evalcmd:EvalConfig", "robo.reward.evalcmd:run_eval"),
     "reward mine": ("robo.reward.mine:MineConfig", "robo.reward.mine:mine"),
-    "reward ensemble": ("robo.reward.ensemble:EnsembleConfig", "robo.reward.ensemble:ensemble"),
+    "reward ensemble": (
+        "robo.reward.ensemble:EnsembleConfig",
+        "robo.reward.ensemble:write_ensemble",
+    ),
     "reward fit-perceptual": (
         "robo.reward.fitcmd:FitPerceptualConfig",
         "robo.reward.fitcmd:fit_perceptual",

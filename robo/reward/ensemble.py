@@ -113,7 +113,3 @@ def load_ensemble(directory: str):
 
 def is_ensemble_dir(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
-
-
-def ensemble(cfg: EnsembleConfig) -> None:
-    write_ensemble(cfg)
