@@ -1022,29 +1022,33 @@ class _Shooter:
             env.reset(seed=self.seed)
         return np.stack([env.unwrapped.render_views() for env in self.envs[:k]])
 
-    def _run_chunk(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run_chunk(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         k = len(actions)
         frames = self._reset(k)
         succeeded = np.zeros(k, bool)
+        progress = np.full(k, np.nan)  # final privileged progress, where the env reports it
         self.model.reset(list(range(k)), [self.context] * k, frames)
         phi = _as_numpy(self.model.predict(frames, list(range(k))))[0]
         for t in range(actions.shape[1]):
             for i, env in enumerate(self.envs[:k]):
                 info = env.step(actions[i, t])[-1]
                 succeeded[i] |= bool(info["success"])
+                progress[i] = float(info.get("privileged_progress", np.nan))
             frames = np.stack([env.unwrapped.render_views() for env in self.envs[:k]])
             phi = _as_numpy(self.model.predict(frames, list(range(k))))[0]
-        return phi.astype(np.float64), succeeded
+        return phi.astype(np.float64), succeeded, progress
 
-    def __call__(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Final Φ and env success (at any step) of each sequence ``(n, horizon, A)``."""
-        scores, success = [], []
+    def __call__(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Final Φ, env success (at any step) and final privileged progress (NaN where the
+        env has none) of each sequence ``(n, horizon, A)``."""
+        scores, success, progress = [], [], []
         with torch.no_grad():
             for start in range(0, len(actions), len(self.envs)):
-                phi, ok = self._run_chunk(actions[start : start + len(self.envs)])
+                phi, ok, prog = self._run_chunk(actions[start : start + len(self.envs)])
                 scores.append(phi)
                 success.append(ok)
-        return np.concatenate(scores), np.concatenate(success)
+                progress.append(prog)
+        return np.concatenate(scores), np.concatenate(success), np.concatenate(progress)
 
 
 def _budget_split(n: int, parts: int) -> list[int]:
@@ -1062,22 +1066,29 @@ def _search(
     top_frac: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Evaluate the whole budget of sequences; CEM refits a Gaussian to each round's elite.
-    Returns each sequence's final Φ, env success and actions ``(n, horizon, A)``."""
+    Returns each sequence's final Φ, env success, final privileged progress and actions
+    ``(n, horizon, A)``."""
     n, horizon, dim = shape
     rounds = _budget_split(n, cem_iters if method == "cem" else 1)
     mean, std = np.zeros((horizon, dim)), np.ones((horizon, dim))
-    scores, success, tried = [], [], []
+    scores, success, progress, tried = [], [], [], []
     for size in tqdm(rounds, desc=f"exploit [{method}]", unit="round", disable=len(rounds) == 1):
         actions = np.clip(mean + std * smoothed_noise(rng, (size, horizon, dim), smoothing), -1, 1)
         actions = actions.astype(np.float32)
-        phi, ok = shoot(actions)
+        phi, ok, prog = shoot(actions)
         scores.append(phi)
         success.append(ok)
+        progress.append(prog)
         tried.append(actions)
         elite = actions[np.argsort(-phi, kind="stable")[: max(2, math.ceil(top_frac * size))]]
         # the floor on std keeps the search exploring
         mean, std = elite.mean(0), np.maximum(elite.std(0), 0.05)
-    return np.concatenate(scores), np.concatenate(success), np.concatenate(tried)
+    return (
+        np.concatenate(scores),
+        np.concatenate(success),
+        np.concatenate(progress),
+        np.concatenate(tried),
+    )
 
 
 def exploitation_test(
@@ -1127,7 +1138,8 @@ def exploitation_test(
             array ``(n_top, horizon, A)`` in score order), e.g. to record them.
 
     Returns:
-        ``{"exploit_rate", "top_scores", "top_env_success", "top_model_success", "n_top",
+        ``{"exploit_rate", "top_scores", "top_env_success", "top_model_success",
+        "top_privileged_progress" (the final state's, None where the env reports none), "n_top",
         "env_success_rate", "model_success_rate", "method", "env_id", "seed", "horizon",
         "n_sequences", "env_steps", "delta", "seconds"}`` (and ``"top_actions"``).
     """
@@ -1148,7 +1160,7 @@ def exploitation_test(
         shoot = _Shooter(model, envs, seed, task_context(model, task, reference, reference_views))
         start = time.perf_counter()
         shape = (n_sequences, horizon, envs[0].action_space.shape[0])
-        scores, env_success, actions = _search(
+        scores, env_success, progress, actions = _search(
             shoot, rng, shape, smoothing, method, cem_iters, top_frac
         )
         seconds = time.perf_counter() - start
@@ -1162,6 +1174,8 @@ def exploitation_test(
         "top_scores": scores[top].tolist(),
         "top_env_success": env_success[top].tolist(),
         "top_model_success": model_success[top].tolist(),
+        # how close each top sequence came (a near-miss or a hack); None without the sim's
+        "top_privileged_progress": [None if np.isnan(p) else float(p) for p in progress[top]],
         "n_top": len(top),
         "env_success_rate": float(env_success.mean()),
         "model_success_rate": float(model_success.mean()),

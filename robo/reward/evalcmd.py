@@ -210,4 +210,19 @@ def _print(summary: dict) -> None:
         v = summary.get(k)
         print(f"{k:>20}: {v:.3f}" if isinstance(v, float) else f"{k:>20}: {v}")
     if "exploitation" in summary:
-        print(f"{'exploit_rate':>20}: {summary['exploitation']['exploit_rate']:.3f}")
+        line = f"{'exploit_rate':>20}: {summary['exploitation']['exploit_rate']:.3f}"
+        reached = [  # a false success at 0.95 is a near-miss, at 0.2 a hack
+            p
+            for run in summary["exploitation"]["runs"]
+            for p, ok, called in zip(
+                run.get("top_privileged_progress") or [None] * len(run["top_env_success"]),
+                run["top_env_success"],
+                run["top_model_success"],
+                strict=True,
+            )
+            if called and not ok and p is not None
+        ]
+        if reached:
+            line += " (privileged progress of the false successes: "
+            line += ", ".join(f"{p:.2f}" for p in reached) + ")"
+        print(line)

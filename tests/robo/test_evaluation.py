@@ -410,6 +410,9 @@ def test_exploitation_clock_model_is_fooled(store) -> None:
     assert fooled["n_top"] == 1 and fooled["env_steps"] == 80
     assert fooled["top_env_success"] == [False]  # 10 random steps never place the cube
     assert fooled["exploit_rate"] == 1.0 and fooled["top_scores"] == [1.0]
+    # how close the fooling sequence came: the sim's progress of its final state, not done
+    (reached,) = fooled["top_privileged_progress"]
+    assert 0.0 <= reached < 1.0
     honest = exploitation_test(
         ClockModel(1000, views),
         ENV_ID,
