@@ -106,6 +106,10 @@ class SamplerConfig:
             from the reference goal and from the rollout's own first frame).
         max_shift: random image shift (pixels, at the encoder's resolution) of the augmentation.
         train_fraction: fraction of each store's episodes used for training (the rest held out).
+        undo_demos: successful ``undo`` rollouts in a store are demonstrations that go on
+            after success (labelled done while the env says solved, up to their last solved
+            frame), not outcome-labelled rollouts: the arm retraces its path while the task
+            stays done, which no expert demo shows.
     """
 
     cache_episodes: int = 24
@@ -118,14 +122,19 @@ class SamplerConfig:
     p_outcome: float = 0.25
     max_shift: int = 2
     train_fraction: float = 1.0
+    undo_demos: bool = False
 
 
-def is_training_demo(meta, cloning: bool = False) -> bool:
+def is_training_demo(meta, cloning: bool = False, undo: bool = False) -> bool:
     """A successful demonstration: the expert's, a recovery demo (``recover``) or, for the
     GRM only (not ``cloning``), a ``retreat`` demo (the arm withdraws after success while
-    the task stays solved). The GRM trains on these as demonstrations; the RL warm start
+    the task stays solved) and, with ``undo``, a successful ``undo`` rollout (the expert's
+    motion replayed backwards after success: labelled done for as long as the env says
+    solved, like a retreat). The GRM trains on these as demonstrations; the RL warm start
     clones the first two."""
     policies = ("expert", "recover") if cloning else ("expert", "recover", "retreat")
+    if undo and not cloning:
+        policies += ("undo",)
     return meta.outcome == "success" and meta.policy.partition(":")[0] in policies
 
 
@@ -254,8 +263,11 @@ class PairSampler:
         metas = [store.episode_meta(i) for i in range(len(store))]
         if episode_filter is not None:
             metas = [m for m in metas if episode_filter(url, m)]
-        demos = [m.index for m in metas if is_training_demo(m)]
-        rollouts = [m.index for m in metas if not is_training_demo(m) and m.policy != "expert"]
+        undo = self.cfg.undo_demos
+        demos = [m.index for m in metas if is_training_demo(m, undo=undo)]
+        rollouts = [
+            m.index for m in metas if not is_training_demo(m, undo=undo) and m.policy != "expert"
+        ]
         three_class = True
         if not demos_required:  # outcome-only stores: only episodes with an outcome label
             demos = []  # (an expert episode there is not a demonstration to learn from)
