@@ -581,6 +581,7 @@ def one_shot_args(a: argparse.Namespace) -> argparse.Namespace:
         "recover_demos": 0,
         "retreat_demos": 0,
         "giveup_rollouts": 0,
+        "undo_rollouts": 0,
         "calib_rollouts": 0,
     }
     return argparse.Namespace(**{**vars(a), **one_shot})
