@@ -554,6 +554,41 @@ def main() -> None:
         ],
         str(root / "grm_targets.json"),
     )
+    # Where the progress error comes from: MAE pooled over each rollout policy's frames.
+    by_policy = [
+        mae_by_policy([summaries[f"eval{suffix[k]}-{name(t)}"] for t in data], "training tasks", k)
+        for k, _ in models
+    ]
+    by_policy.append(
+        mae_by_policy(
+            [summaries[f"eval-adapted{suffix[final_key]}-{name(t)}"] for t in held_out],
+            "one-shot tasks",
+            final_key,
+        )
+    )
+    policies = sorted({c for r in by_policy for c in r} - {"model", "tasks", "all"})
+    print()
+    report(
+        "grm_mae_by_policy",
+        by_policy,
+        ["model", "tasks", *policies, "all"],
+        str(root / "grm_mae_by_policy.json"),
+    )
+
+
+def mae_by_policy(summaries: list[dict], tasks: str, model: str) -> dict:
+    """Progress MAE pooled over the frames of each rollout policy (``noisy:0.3`` counts as
+    ``noisy``), and over all frames, from eval summaries' per-episode figures."""
+    err: dict[str, float] = {}
+    frames: dict[str, int] = {}
+    for s in summaries:
+        for e in s.get("per_episode", []):
+            if e.get("mae") is None:
+                continue
+            for p in (e["policy"].partition(":")[0], "all"):
+                err[p] = err.get(p, 0.0) + e["mae"] * e["length"]
+                frames[p] = frames.get(p, 0) + e["length"]
+    return {"model": model, "tasks": tasks, **{p: err[p] / frames[p] for p in frames}}
 
 
 def ensemble_of(models: list[Path], out: Path, combine: str) -> None:
