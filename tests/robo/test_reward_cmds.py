@@ -355,3 +355,15 @@ def test_ddp_two_cpu_processes_on_gloo(stores, tmp_path):
     meta = json.loads((out / "model" / "config.json").read_text())
     assert meta["training"]["world_size"] == 2
     assert len(EpisodeStore.open(pp)) == 6
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs/grm").glob("*.yaml")))
+def test_grm_configs_parse_as_training_configs(path) -> None:
+    import draccus
+
+    from robo.reward.train import TrainConfig
+
+    cfg = draccus.parse(TrainConfig, config_path=str(path), args=["--data", "d"])
+    assert cfg.model.views and cfg.steps > 0
+    # only the undo-demos config trains on successful undo rollouts as demonstrations
+    assert cfg.sampler.undo_demos == (path.stem == "undo-demos")
