@@ -1064,7 +1064,7 @@ def _search(
     method: str,
     cem_iters: int,
     top_frac: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Evaluate the whole budget of sequences; CEM refits a Gaussian to each round's elite.
     Returns each sequence's final Φ, env success, final privileged progress and actions
     ``(n, horizon, A)``."""
