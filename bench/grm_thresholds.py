@@ -35,6 +35,7 @@ from robo.evaluation import (  # noqa: E402
     predict_outcome,
     predict_outcome_any_step,
 )
+from robo.reward.ensemble import is_ensemble_dir  # noqa: E402
 
 
 def figures(episodes: list[dict], delta: float, tau: float) -> dict:
@@ -74,7 +75,7 @@ def main() -> None:
     root = Path(a.out)
     data_root = Path(a.data) if a.data else root / "data"
     model = root / "general" / "model"
-    if not any((model / f).exists() for f in ("config.json", "ensemble.json")):
+    if not ((model / "config.json").exists() or is_ensemble_dir(model)):
         raise SystemExit(
             f"{model} holds no GRM or ensemble: give the folder of a finished grm_targets run"
         )
