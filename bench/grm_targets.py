@@ -134,8 +134,9 @@ def build_data(env_id: str, root: Path, a) -> dict[str, Path]:
             collect(env_id, paths["train"], a.recover_demos, "recover", 20_000, a.size)
     # Topped up to a count per policy, continuing the policy's seeds: the hard rollouts (to
     # train_rollouts + hard_rollouts), demos that withdraw the arm after success (retreat)
-    # and their matched failures, the same withdrawal from mid-task (give-up), and undo
-    # rollouts labelled by their outcome (other seeds than the evaluation's).
+    # and their matched failures, the same withdrawal from mid-task (give-up), undo
+    # rollouts labelled by their outcome (other seeds than the evaluation's) and their
+    # matched failures, the same retracing from mid-task (undo-early).
     top_up = {
         p: (a.train_rollouts + a.hard_rollouts, 10_000 + 1000 * TRAIN_POLICIES.index(p))
         for p in (HARD_POLICIES if a.hard_rollouts and a.train_rollouts else ())
@@ -143,6 +144,7 @@ def build_data(env_id: str, root: Path, a) -> dict[str, Path]:
     top_up["retreat"] = (a.retreat_demos, 30_000)
     top_up["give-up"] = (a.giveup_rollouts, 40_000)
     top_up["undo"] = (a.undo_rollouts, 60_000)
+    top_up["undo-early"] = (a.undo_early_rollouts, 70_000)
     st = EpisodeStore.open(str(paths["train"]))
     for p, (want, seed) in top_up.items():
         have = sum(st.episode_meta(i).policy == p for i in range(len(st)))
@@ -351,6 +353,12 @@ def main() -> None:
         type=int,
         default=0,
         help="per training task: undo rollouts (success, then undone) trained on by outcome",
+    )
+    ap.add_argument(
+        "--undo_early_rollouts",
+        type=int,
+        default=0,
+        help="per training task: rollouts that retrace the arm mid-task (policy undo-early)",
     )
     ap.add_argument(
         "--calib_rollouts",
@@ -617,6 +625,7 @@ def one_shot_args(a: argparse.Namespace) -> argparse.Namespace:
         "retreat_demos": 0,
         "giveup_rollouts": 0,
         "undo_rollouts": 0,
+        "undo_early_rollouts": 0,
         "calib_rollouts": 0,
     }
     return argparse.Namespace(**{**vars(a), **one_shot})

@@ -29,7 +29,8 @@ class CollectConfig:
     views: str = "front,side,wrist"
     # square image size in pixels.
     size: int = 96
-    # expert | noisy:<sigma> | near-miss | undo | half | random-freeze | recover[:<n>] | retreat | give-up.
+    # expert | noisy:<sigma> | near-miss | undo | half | random-freeze | recover[:<n>] | retreat
+    # | give-up | undo-early.
     policy: str = "expert"
     # store location (path or fsspec URL); default ``data/<task>``. Appends if it exists.
     out: str = ""

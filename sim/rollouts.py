@@ -24,6 +24,9 @@ Meta-World alike:
                     demonstration that "done" is a state of the objects, not of the arm
 ``give-up``         the expert until 30-80% of the task is done, then the same withdrawal:
                     the matched failure of ``retreat`` (the arm home says nothing of success)
+``undo-early``      the expert until 30-80% of the task is done, then its motion replayed in
+                    reverse: the matched failure of ``undo`` (the arm retraces its path
+                    before the task is done, so a retraced arm says nothing of success)
 ==================  ==========================================================================
 """
 
@@ -46,6 +49,7 @@ POLICY_NAMES = (
     "recover[:<n>]",
     "retreat",
     "give-up",
+    "undo-early",
 )
 
 
@@ -248,6 +252,26 @@ class UndoRollout(ExpertRollout):
         return self._remember(self.replay.pop(0))
 
 
+class UndoEarlyRollout(UndoRollout):
+    """The expert until 30-80% of the task is done (never to success), then its own motion
+    replayed backwards: a failure whose arm retraces the path an ``undo`` retraces after
+    success, so that the arm's way back says nothing of the outcome (the matched negative
+    of ``undo`` when undone successes are trained on as demonstrations)."""
+
+    name = "undo-early"
+
+    def reset(self) -> None:
+        super().reset()
+        self.stop_at = self.rng.uniform(0.3, 0.8)
+
+    def act(self, obs, info):
+        if self.replay is None and (
+            info.get("success") or info["privileged_progress"] >= self.stop_at
+        ):
+            self.replay = [np.append(-a[:3], a[3]) for a in reversed(self.history)]
+        return super().act(obs, info)
+
+
 class RetreatRollout(ExpertRollout):
     """The expert to success, then the arm withdraws while the task stays solved.
 
@@ -417,6 +441,7 @@ def make_policy(spec: str, env, rng: np.random.Generator) -> RolloutPolicy:
         "random-freeze": RandomFreezeRollout,
         "retreat": RetreatRollout,
         "give-up": GiveUpRollout,
+        "undo-early": UndoEarlyRollout,
     }
     if spec not in table:
         raise SimError(f"unknown policy {spec!r}: choose from {', '.join(POLICY_NAMES)}")

@@ -115,3 +115,15 @@ def test_give_up_withdraws_the_arm_mid_task_and_fails():
     assert 0.25 <= p.max() < 1.0
     z = r.obs[:, 2]
     assert z[-1] > z[int(np.argmax(p))] + 0.03  # lifted and went home
+
+
+@pytest.mark.parametrize("env_id", ["tabletop/pick-place-v0", "tabletop/push-v0"])
+def test_undo_early_retraces_the_arm_mid_task_and_fails(env_id):
+    r = rollout(env_id, "undo-early", seed=1)
+    assert r.outcome != "success" and not r.success.any()
+    p = r.privileged_progress
+    peak = int(np.argmax(p))
+    assert 0.25 <= p[peak] < 1.0
+    # the way back retraces the way there: the hand ends near where it started
+    hand = r.obs[:, :3]
+    assert np.linalg.norm(hand[-1] - hand[0]) < 0.5 * np.linalg.norm(hand[peak] - hand[0])
