@@ -106,10 +106,11 @@ class SamplerConfig:
             from the reference goal and from the rollout's own first frame).
         max_shift: random image shift (pixels, at the encoder's resolution) of the augmentation.
         train_fraction: fraction of each store's episodes used for training (the rest held out).
-        undo_demos: successful ``undo`` rollouts in a store are demonstrations that go on
-            after success (labelled done while the env says solved, up to their last solved
-            frame), not outcome-labelled rollouts: the arm retraces its path while the task
-            stays done, which no expert demo shows.
+        undo_demos: successful ``undo`` rollouts in a store are also demonstrations that go
+            on after success (labelled done while the env says solved, up to their last
+            solved frame): the arm retraces its path while the task stays done, which no
+            expert demo shows. They stay outcome-labelled rollouts too, so the final frame of
+            one that ended undone is still "not done".
     """
 
     cache_episodes: int = 24
@@ -265,8 +266,13 @@ class PairSampler:
             metas = [m for m in metas if episode_filter(url, m)]
         undo = self.cfg.undo_demos
         demos = [m.index for m in metas if is_training_demo(m, undo=undo)]
+        # An undo demo is also an outcome-labelled rollout: its frames after success was
+        # lost are cut from the demo, but its final frame still says "not done".
         rollouts = [
-            m.index for m in metas if not is_training_demo(m, undo=undo) and m.policy != "expert"
+            m.index
+            for m in metas
+            if m.policy != "expert"
+            and (not is_training_demo(m, undo=undo) or (undo and m.policy == "undo"))
         ]
         three_class = True
         if not demos_required:  # outcome-only stores: only episodes with an outcome label

@@ -153,11 +153,13 @@ def test_an_undone_success_labels_its_final_frame_not_success(tmp_path):
     batch = sampler.sample(2)
     hi = batch["outcome_hi"].numpy()
     np.testing.assert_allclose(hi[0::2], -0.05, atol=1e-6)  # backward rows: phi < 0.95
-    # undo_demos: the same rollout is a demonstration that goes on after success, labelled
-    # done up to its last solved frame (the cube carried back is cut off), not an outcome
+    # undo_demos: the same rollout is also a demonstration that goes on after success,
+    # labelled done up to its last solved frame (the cube carried back is cut off); its
+    # final frame keeps its outcome label
     undone = PairSampler([out], ("front",), SamplerConfig(undo_demos=True), seed=0)
     assert undone.describe()[0]["demos"] == [0, 1]
-    assert undone.describe()[0]["outcome_rollouts"] == []
+    assert undone.describe()[0]["outcome_rollouts"] == [1]
+    assert undone._rollout_end(undone.tasks[0], 1)[2] == NOT_SUCCESS
     demo = undone._demo(undone.tasks[0], 1)
     last = len(ep) - int(np.argmax(ep.success[::-1]))
     assert len(demo.phi) == last and ep.success[last - 1] and not ep.success[last:].any()
