@@ -236,12 +236,15 @@ class UndoRollout(ExpertRollout):
         self.history: list[np.ndarray] = []
         self.replay: list[np.ndarray] | None = None
 
+    def _reverse(self) -> None:
+        """Replay the motion so far backwards; each step keeps its own gripper command, so
+        a placed object is picked up again where it was released and carried back."""
+        self.replay = [np.append(-a[:3], a[3]) for a in reversed(self.history)]
+
     def act(self, obs, info):
         if self.replay is None:
             if info.get("success"):
-                # Reverse the motion; keep each step's own gripper command so a placed
-                # object is picked up again where it was released and carried back.
-                self.replay = [np.append(-a[:3], a[3]) for a in reversed(self.history)]
+                self._reverse()
             else:
                 a = self.expert.act(obs, info)
                 self.history.append(np.asarray(a, np.float32))
@@ -253,10 +256,12 @@ class UndoRollout(ExpertRollout):
 
 
 class UndoEarlyRollout(UndoRollout):
-    """The expert until 30-80% of the task is done (never to success), then its own motion
-    replayed backwards: a failure whose arm retraces the path an ``undo`` retraces after
-    success, so that the arm's way back says nothing of the outcome (the matched negative
-    of ``undo`` when undone successes are trained on as demonstrations)."""
+    """The expert until 30-80% of the task is done, then its own motion replayed backwards:
+    a failure whose arm retraces the path an ``undo`` retraces after success, so that the
+    arm's way back says nothing of the outcome (the matched negative of ``undo`` when
+    undone successes are trained on as demonstrations). An object that slides on after the
+    hand turns back (Meta-World's drawer and windows) can still end the task solved; the
+    rollout's outcome says so."""
 
     name = "undo-early"
 
@@ -268,7 +273,7 @@ class UndoEarlyRollout(UndoRollout):
         if self.replay is None and (
             info.get("success") or info["privileged_progress"] >= self.stop_at
         ):
-            self.replay = [np.append(-a[:3], a[3]) for a in reversed(self.history)]
+            self._reverse()
         return super().act(obs, info)
 
 
